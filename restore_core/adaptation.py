@@ -59,6 +59,8 @@ def remove_lora(unet: torch.nn.Module) -> None:
         parent_name, _, child = name.rpartition(".")
         parent = unet.get_submodule(parent_name) if parent_name else unet
         setattr(parent, child, module.get_base_layer())
+    if hasattr(unet, "peft_config"):
+        del unet.peft_config
 
 
 @contextlib.contextmanager
