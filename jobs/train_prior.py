@@ -89,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
     channels = tuple(int(c) for c in args.channels.split(","))
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     acp = scheduler.alphas_cumprod.double()
+    torch.manual_seed(args.seed)
     unet = build_unet(channels, args.layers_per_block, args.sample_size)
     ema = EMAModel(unet.parameters(), decay=args.ema_decay)
     opt = torch.optim.Adam(unet.parameters(), lr=args.lr)
@@ -101,8 +102,6 @@ def main(args: argparse.Namespace) -> int:
         state = json.loads(ckpt["state"])
         torch.set_rng_state(ckpt["rng"])
         log.info("resumed from %s at step %d", ckpt_path, state["step"])
-    else:
-        torch.manual_seed(args.seed)
     n_params = sum(p.numel() for p in unet.parameters())
     log.info("UNet %s, %.2fM parameters, patch %d, batch %d", channels, n_params / 1e6, args.patch, args.batch)
 
@@ -158,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
         return crops
 
     pool = make_pool()
-    pos = (state["step"] * args.batch) % args.pool
+    pos = state.get("pos", (state["step"] * args.batch) % args.pool)
     start = time.time() - state["seconds"]
     running = None
     while state["step"] < args.steps:
@@ -170,6 +169,7 @@ def main(args: argparse.Namespace) -> int:
             pool, pos = make_pool(), 0
         x0 = pool[pos:pos + args.batch]
         pos += args.batch
+        state["pos"] = pos
         t = torch.randint(0, 1000, (x0.shape[0],))
         noise = torch.randn_like(x0)
         lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup)

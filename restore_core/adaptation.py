@@ -8,10 +8,16 @@ every ``Conv2d`` of the UNet with ``peft.inject_adapter_in_model`` — diffusers
     ℓ_simple = ‖ε − ε_θ(√ᾱ_t z + √(1−ᾱ_t) ε, t)‖²,
 
 over batches of 6 random crops of the adaptation images at the model's sample size, with
-one random t shared by the batch. The images are either y itself (eq. 18, method
-``ia_y``) or the K retrieved neighbours (eq. 20, ADIR). Images smaller than the crop are
-upsampled (bicubic) to it; larger ones are cropped at random. With a learned-variance
-model only the ε channels enter the loss (the paper saw no benefit from Σ).
+one random t shared by the batch (paper 001 §4: "the same 0 < t ≤ T for images in the
+batch"; our t is the 0-based training index 0..T−1). The images are either y itself
+(eq. 18, method ``ia_y``) or the K retrieved neighbours (eq. 20, ADIR).
+
+Crops (``random_crop_batch``): an image whose shorter side is below the crop size is first
+upsampled (bicubic, aspect kept, clamped to [−1, 1]) so that side equals the crop — this
+is how a 16² y of sr4 feeds a 64² prior in eq. 18; larger images are cropped at a uniform
+random position. Each crop is flipped horizontally with probability ½ (the prior's own
+training augmentation). With a learned-variance model (6 output channels) only the first
+C = 3 (ε) channels enter the loss: the paper saw no benefit from including Σ (§3.3).
 
 Contract: after ``remove_lora`` (or leaving ``lora_adapter``) the UNet holds exactly its
 original modules and tensors — ``state_dict_hash`` is unchanged — so rows never leak
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 ADAPTER = "row"
+_SAVED_GRAD = "_adir_lora_saved_requires_grad"  # base requires_grad flags, restored on removal
 
 
 def conv_module_names(unet: torch.nn.Module) -> list[str]:
@@ -36,14 +43,25 @@ def conv_module_names(unet: torch.nn.Module) -> list[str]:
     return [name for name, m in unet.named_modules() if isinstance(m, torch.nn.Conv2d)]
 
 
-def attach_lora(unet: torch.nn.Module, rank: int = 16, alpha: int = 8, name: str = ADAPTER) -> list[torch.nn.Parameter]:
-    """Inject a fresh LoRA adapter into all Conv2d layers; return its trainable parameters."""
+def attach_lora(unet: torch.nn.Module, rank: int = 16, alpha: int = 8, name: str = ADAPTER,
+                seed: int = 0) -> list[torch.nn.Parameter]:
+    """Inject a fresh LoRA adapter into all Conv2d layers; return its trainable parameters.
+
+    lora_B starts at zero (peft), so the adapted model starts equal to the base one;
+    lora_A's random init is drawn from ``seed`` on a forked RNG, so the global torch RNG
+    is untouched and the same seed gives the same adapter (same-seed reproducibility).
+    """
     from peft import LoraConfig, inject_adapter_in_model
 
     if any("lora_" in n for n, _ in unet.named_parameters()):
         raise RuntimeError("the UNet already carries a LoRA adapter; remove it first")
+    # peft marks every base parameter non-trainable; remember the flags to restore them
+    setattr(unet, _SAVED_GRAD, {n: p.requires_grad for n, p in unet.named_parameters()})
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=conv_module_names(unet), lora_dropout=0.0)
-    inject_adapter_in_model(config, unet, adapter_name=name)
+    device = next(unet.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(config, unet, adapter_name=name)
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
@@ -51,7 +69,8 @@ def attach_lora(unet: torch.nn.Module, rank: int = 16, alpha: int = 8, name: str
 
 
 def remove_lora(unet: torch.nn.Module) -> None:
-    """Replace every LoRA-wrapped layer by its untouched base layer."""
+    """Replace every LoRA-wrapped layer by its untouched base layer (the same module object
+    that was wrapped), drop peft's config and restore the base ``requires_grad`` flags."""
     from peft.tuners.lora import LoraLayer
 
     wrapped = [(n, m) for n, m in unet.named_modules() if isinstance(m, LoraLayer)]
@@ -61,12 +80,16 @@ def remove_lora(unet: torch.nn.Module) -> None:
         setattr(parent, child, module.get_base_layer())
     if hasattr(unet, "peft_config"):
         del unet.peft_config
+    saved = unet.__dict__.pop(_SAVED_GRAD, {})
+    for n, p in unet.named_parameters():
+        if n in saved:
+            p.requires_grad_(saved[n])
 
 
 @contextlib.contextmanager
-def lora_adapter(model, rank: int = 16, alpha: int = 8) -> Iterator[list[torch.nn.Parameter]]:
+def lora_adapter(model, rank: int = 16, alpha: int = 8, seed: int = 0) -> Iterator[list[torch.nn.Parameter]]:
     """Attach a fresh adapter for one row; it is removed on exit, even on error."""
-    params = attach_lora(model.unet, rank, alpha)
+    params = attach_lora(model.unet, rank, alpha, seed=seed)
     try:
         yield params
     finally:
@@ -74,11 +97,13 @@ def lora_adapter(model, rank: int = 16, alpha: int = 8) -> Iterator[list[torch.n
 
 
 def state_dict_hash(module: torch.nn.Module) -> str:
-    """sha256 over every tensor of the state dict, in key order (bit-identity check)."""
+    """sha256 over every tensor of the state dict (key, dtype, shape and raw bytes), in
+    sorted key order: equal hashes mean bit-identical weights."""
     h = hashlib.sha256()
     for key, tensor in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}|{t.dtype}|{tuple(tensor.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -102,19 +127,31 @@ def random_crop_batch(images: torch.Tensor, batch_size: int, size: int, generato
 
 
 def l_simple(model, images: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
-    """ℓ_simple (eq. 6) at training timesteps ``t`` (int or one per image), batch mean."""
-    acp = model.schedule.full().alphas_cumprod.to(model.device)
-    t = torch.as_tensor(t, device=model.device).expand(images.shape[0])
-    a = acp[t].to(images.dtype).view(-1, 1, 1, 1)
-    xt = a.sqrt() * images + (1 - a).sqrt() * noise
-    eps = model.unet(xt.to(model.dtype), t).sample[:, : model.in_channels].to(images.dtype)
-    return torch.mean((eps - noise) ** 2)
+    """ℓ_simple (eq. 6) ‖ε − ε_θ(√ᾱ_t x + √(1−ᾱ_t) ε, t)‖², averaged over pixels and batch.
+
+    ``t``: 0-based training timestep(s), an int or one per image, of the model's full
+    schedule. Returns a 0-d tensor (differentiable in the weights; ``float()`` it to
+    report). Only the ε channels count (``DiffusionModel.eps``), see the module doc.
+    """
+    images = images.to(model.device)
+    t = torch.as_tensor(t, device=model.device).reshape(-1).expand(images.shape[0])
+    a = model.schedule.alphas_cumprod.to(model.device)[t].to(images.dtype).view(-1, 1, 1, 1)
+    xt = a.sqrt() * images + (1 - a).sqrt() * noise.to(model.device, images.dtype)
+    eps = model.eps(xt, t)
+    return torch.mean((eps - noise.to(eps.device, eps.dtype)) ** 2)
 
 
 def adapt_lora(model, images: torch.Tensor, params: list[torch.nn.Parameter], iters: int = 400,
                lr: float = 1e-4, batch_size: int = 6, crop_size: int | None = None, seed: int = 0,
                callback: Callable[[int, float], None] | None = None) -> dict:
-    """Train the attached adapter ``params`` on ``images`` (eq. 18 / eq. 20)."""
+    """Train the attached adapter ``params`` on ``images`` (N, C, H, W) in [−1, 1] (eq. 18 / 20).
+
+    ``iters`` Adam steps at ``lr`` over batches of ``batch_size`` random crops of side
+    ``crop_size`` (default: the model's sample size), one random t per batch. The same
+    ``seed`` gives the same crops, t and noise. Returns ``iterations``,
+    ``adapt_loss_first``, ``adapt_loss_last`` (mean of the last 10 batch losses) and
+    ``seconds_adapt``; ``callback(iteration, loss)`` is called after every step.
+    """
     size = crop_size or model.sample_size
     images = images.to(model.device, torch.float32)
     g = torch.Generator().manual_seed(seed)

@@ -65,6 +65,11 @@ def _photo_uint8(name: str) -> np.ndarray:
 
 def load_photo(name: str) -> torch.Tensor:
     """The whole photo as a (1, 3, H, W) float32 tensor in [-1, 1]."""
+    return _photo_tensor(name).clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _photo_tensor(name: str) -> torch.Tensor:
     arr = _photo_uint8(name)
     return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
@@ -89,17 +94,19 @@ def random_crops(
     crops, sources = [], []
     for _ in range(n):
         name = names[int(rng.integers(len(names)))]
-        photo = load_photo(name)
+        photo = _photo_tensor(name)
         h, w = photo.shape[-2:]
         lo = max(scales[0], size / min(h, w))
         scale = float(rng.uniform(lo, max(lo, scales[1])))
-        if abs(scale - 1.0) > 1e-3:
-            photo = F.interpolate(photo, size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                                  mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
-        h, w = photo.shape[-2:]
-        top = int(rng.integers(h - size + 1))
-        left = int(rng.integers(w - size + 1))
-        crop = photo[..., top:top + size, left:left + size]
+        # Cut the window that covers ``size`` pixels of the photo resized by ``scale`` and
+        # resize only that window: the same crop as resizing the whole photo, far cheaper.
+        side = min(h, w, max(size, round(size / scale)))
+        top = int(rng.integers(h - side + 1))
+        left = int(rng.integers(w - side + 1))
+        crop = photo[..., top:top + side, left:left + side]
+        if side != size:
+            crop = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True,
+                                 align_corners=False).clamp(-1, 1)
         if flips and rng.random() < 0.5:
             crop = crop.flip(-1)
         crops.append(crop)

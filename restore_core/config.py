@@ -46,6 +46,7 @@ class DiipConfig:
     slope_window: int = 5
     k_min: int = 10  # the Laplacian-variance peak only counts after k_min
     patience: int = 5  # iterations past the peak before declaring it
+    grad: str = "full"  # full | skip-unet, as SHRED's
 
 
 @dataclass
@@ -55,8 +56,8 @@ class IndiConfig:
     model: str = ""  # spec of the trained restorer; "" -> models/indi-<task> shipped default
     steps: int = 10  # N, with δ = 1/N
     sampler: str = "indi"  # indi (eq. 5/10) | naive (eq. 11) | cold (eq. 15)
-    eps: float = 0.0  # ε of the noise schedule
-    noise_schedule: str = "constant"  # constant ε_t = ε | inv_sqrt ε_t = ε/√t
+    eps: float = -1.0  # ε of the noise schedule; < 0: the ε the model was trained with
+    noise_schedule: str = "trained"  # trained (the model's) | constant ε_t = ε | inv_sqrt ε_t = ε/√t
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -65,8 +66,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "guidance_mode": ("normalized", "paper"),
     "shred.grad": ("full", "skip-unet"),
     "diip.rule": ("auto", "slope", "laplacian", "both"),
+    "diip.grad": ("full", "skip-unet"),
     "indi.sampler": ("indi", "naive", "cold"),
-    "indi.noise_schedule": ("constant", "inv_sqrt"),
+    "indi.noise_schedule": ("trained", "constant", "inv_sqrt"),
 }
 
 POSITIVE: tuple[str, ...] = (

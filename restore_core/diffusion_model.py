@@ -1,15 +1,27 @@
 """Loading an ε-prediction diffusion prior through diffusers' own loaders.
 
-``load_diffusion_model(spec)`` accepts a hub id, a local folder or any fsspec URI (remote
-folders are fetched to a local cache first). The folder uses the diffusers pipeline
-layout — ``unet/`` (``UNet2DModel``, safetensors) and ``scheduler/`` (a DDPM scheduler
-config) — or is a flat UNet folder with ``scheduler_config.json`` beside ``config.json``.
+Owns ``DiffusionModel`` and ``load_diffusion_model``; imports diffusers, huggingface_hub,
+``restore_core.storage`` and ``restore_core.schedule`` (never the samplers).
 
-Two output layouts are supported:
+``load_diffusion_model(spec)`` accepts
 
-* 3 output channels: ε only, fixed variance Σ = β̃_t (the posterior variance);
-* 6 output channels: guided-diffusion's learned range,
-  Σ = exp(v·log β_t + (1 − v)·log β̃_t) with v = (out[3:] + 1)/2.
+* a local folder or ``file://`` URI,
+* any other fsspec URI (``s3://…``, ``gs://…``): the folder is fetched once to a local
+  cache with ``storage.fetch_to_local``,
+* a Hugging Face hub id (``owner/name``): resolved with ``huggingface_hub.snapshot_download``
+  (json + safetensors files only). With ``HF_HUB_OFFLINE=1`` an id that is not in the
+  local cache fails at once with a ``ModelLoadError`` instead of trying the network.
+
+The folder uses the diffusers pipeline layout — ``unet/`` (``UNet2DModel``) and
+``scheduler/`` (a DDPM scheduler config) — or is a flat UNet folder with
+``scheduler_config.json`` beside ``config.json``. Weights must be safetensors
+(``use_safetensors=True``; no pickle is ever loaded).
+
+Two output layouts (paper 000 §3.1, Σ_θ of eq. 4):
+
+* ``out_channels == in_channels``: ε only, fixed variance Σ = β̃_t (posterior variance);
+* ``out_channels == 2·in_channels``: guided-diffusion's learned range,
+  Σ = exp(v·log β_t + (1 − v)·log β̃_t) with v = (out[C:] + 1)/2.
 """
 
 from __future__ import annotations
@@ -27,11 +39,15 @@ from restore_core.schedule import NoiseSchedule
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRIOR_DIR = str(REPO_ROOT / "models" / "prior")
 
+# The tiny UNet used by tests and `adir bench core` (2 levels, no attention).
+TINY_UNET = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+
 
 @dataclass
 class DiffusionModel:
     unet: torch.nn.Module
-    schedule: NoiseSchedule
+    schedule: NoiseSchedule  # the full training schedule (T steps)
     learned_variance: bool
     sample_size: int
     in_channels: int
@@ -44,73 +60,123 @@ class DiffusionModel:
         """Image sides must be multiples of this (2 per down block but the last)."""
         return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
-    def predict(self, x: torch.Tensor, t_index: int, schedule: NoiseSchedule) -> tuple[torch.Tensor, torch.Tensor]:
-        """ε̂ and log Σ̂ at step ``t_index`` of ``schedule`` (paper 000, Algorithm 1 line 3)."""
-        t = schedule.timesteps[t_index]
-        out = self.unet(x.to(self.dtype), t.to(self.device).expand(x.shape[0])).sample.to(x.dtype)
-        eps = out[:, : self.in_channels]
-        min_log = schedule.posterior_log_variance_clipped[t_index].item()
-        if self.learned_variance:
-            max_log = torch.log(schedule.betas[t_index]).item()
-            v = (out[:, self.in_channels:] + 1) / 2
-            log_var = v * max_log + (1 - v) * min_log
-        else:
-            log_var = torch.full_like(eps, min_log)
-        return eps, log_var
+    def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """ε_θ(x, t) at original training timestep(s) ``t`` (int or one per image).
 
-    def check_image(self, x: torch.Tensor) -> None:
-        """Clear errors for images this model cannot process."""
-        if x.dim() != 4:
-            raise InputError(f"expected a (B, C, H, W) image, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise InputError(f"image has {x.shape[1]} channels but the model {self.spec!r} expects "
+        Differentiable in ``x`` and in the weights; wrap in ``torch.no_grad()`` if unneeded.
+        """
+        t = torch.as_tensor(t, device=self.device).reshape(-1).expand(x.shape[0])
+        out = self.unet(x.to(self.dtype), t).sample
+        return out[:, : self.in_channels].to(x.dtype)
+
+    def eps_and_logvar(self, x: torch.Tensor, t_index: int, schedule: NoiseSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+        """ε̂ and log Σ̂ at step ``t_index`` of ``schedule`` (paper 000, Algorithm 1 line 3).
+
+        Fixed variance: log Σ̂ = log β̃ (clipped at the last step, as guided-diffusion).
+        Learned range: log Σ̂ = v·log β + (1 − v)·log β̃, v = (out[C:] + 1)/2, with β and β̃
+        of the (possibly respaced) ``schedule``.
+        """
+        t = schedule.timesteps[t_index].to(self.device).expand(x.shape[0])
+        out = self.unet(x.to(self.dtype), t).sample.to(x.dtype)
+        eps = out[:, : self.in_channels]
+        min_log = float(schedule.posterior_log_variance_clipped[t_index])
+        if not self.learned_variance:
+            return eps, torch.full_like(eps, min_log)
+        max_log = float(torch.log(schedule.betas[t_index]))
+        v = (out[:, self.in_channels:] + 1) / 2
+        return eps, v * max_log + (1 - v) * min_log
+
+    def check_image_shape(self, shape: tuple[int, ...]) -> None:
+        """InputError for an image shape (C, H, W) this model cannot process."""
+        c, h, w = (int(v) for v in shape[-3:])
+        if c != self.in_channels:
+            raise InputError(f"the image has {c} channels but the model {self.spec!r} expects "
                              f"{self.in_channels}")
         f = self.downsample_factor
-        if x.shape[-1] % f or x.shape[-2] % f:
-            raise InputError(f"image {x.shape[-2]}x{x.shape[-1]} is not a multiple of the model's "
-                             f"downsampling factor {f}; crop it (images.center_crop_to_multiple)")
+        if h % f or w % f:
+            raise InputError(f"image {h}x{w} is not a multiple of the model's downsampling factor {f}; "
+                             f"crop it to {h - h % f}x{w - w % f} (images.center_crop_to_multiple)")
 
 
-def _resolve(spec: str, cache_dir: str | None) -> str:
+def _hub_folder(repo_id: str, cache_dir: str | None) -> str:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    try:
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"], cache_dir=cache_dir,
+                                 local_files_only=offline)
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many types
+        if offline:
+            raise ModelLoadError(f"hub model {repo_id!r} is not in the local cache and HF_HUB_OFFLINE=1; "
+                                 "download it once online or pass a local folder / URI") from None
+        raise ModelLoadError(f"cannot fetch hub model {repo_id!r}: {type(exc).__name__}: "
+                             f"{_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def resolve_model_folder(spec: str, cache_dir: str | None = None) -> str:
+    """A local folder for ``spec`` (local path, file:// URI, fsspec URI or hub id)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError(f"empty model spec {spec!r}; expected a folder, a URI or a hub id")
     if "://" in spec and not spec.startswith("file://"):
-        return storage.fetch_to_local(spec, cache_dir)
+        try:
+            return storage.fetch_to_local(spec, cache_dir)
+        except InputError as exc:
+            raise ModelLoadError(f"cannot fetch diffusion model {spec!r}: {exc}") from None
     path = storage.local_path(spec)
     if os.path.isdir(path):
         return path
-    if os.path.sep in spec or spec.startswith("."):
-        raise ModelLoadError(f"model folder not found: {spec}")
-    return spec  # a hub id
+    if os.path.exists(path):
+        raise ModelLoadError(f"model spec {spec!r} is a file; expected a folder (unet/ + scheduler/)")
+    parts = spec.split("/")
+    if spec.startswith((".", "/", "~", "file://")) or len(parts) != 2 or not all(parts):
+        raise ModelLoadError(f"model folder not found: {spec!r} (expected a folder, a URI or a hub id owner/name)")
+    return _hub_folder(spec, cache_dir)
 
 
 def load_diffusion_model(spec: str | None = None, device: str | torch.device = "cpu",
                          dtype: torch.dtype = torch.float32, cache_dir: str | None = None) -> DiffusionModel:
-    """Load a UNet2DModel prior and its DDPM schedule from ``spec`` (default: the shipped prior)."""
+    """Load a UNet2DModel ε-prior and its DDPM schedule from ``spec`` (default: the shipped prior)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     spec = spec or DEFAULT_PRIOR_DIR
-    where = _resolve(spec, cache_dir)
-    is_dir = os.path.isdir(where)
-    nested = is_dir and os.path.isdir(os.path.join(where, "unet"))
+    folder = resolve_model_folder(spec, cache_dir)
+    nested = os.path.isdir(os.path.join(folder, "unet"))
+    sub = {"unet": "unet", "scheduler": "scheduler"} if nested else {"unet": None, "scheduler": None}
     try:
-        if nested or not is_dir:  # pipeline layout (local or hub)
-            unet = UNet2DModel.from_pretrained(where, subfolder="unet", use_safetensors=True)
-            scheduler = DDPMScheduler.from_pretrained(where, subfolder="scheduler")
-        else:
-            unet = UNet2DModel.from_pretrained(where, use_safetensors=True)
-            scheduler = DDPMScheduler.from_pretrained(where)
-    except Exception as exc:  # noqa: BLE001 - diffusers/hub raise many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load diffusion model {spec!r}: {first}") from None
-    if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
-        raise ModelLoadError(f"{spec!r}: only ε-prediction models are supported, got "
-                             f"{scheduler.config.prediction_type!r}")
+        unet = UNet2DModel.from_pretrained(folder, subfolder=sub["unet"], use_safetensors=True, torch_dtype=dtype)
+        scheduler = DDPMScheduler.from_pretrained(folder, subfolder=sub["scheduler"])
+    except Exception as exc:  # noqa: BLE001 - diffusers raises many types
+        raise ModelLoadError(f"cannot load diffusion model {spec!r}: {_first_line(exc)}") from None
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ModelLoadError(f"{spec!r}: only ε-prediction models are supported (prediction_type=epsilon), "
+                             f"got {prediction!r}")
     cin, cout = unet.config.in_channels, unet.config.out_channels
     if cout not in (cin, 2 * cin):
-        raise ModelLoadError(f"{spec!r}: out_channels {cout} must be in_channels ({cin}) or twice it")
-    unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        raise ModelLoadError(f"{spec!r}: out_channels {cout} must be in_channels ({cin}) for ε, "
+                             f"or {2 * cin} for ε + learned variance")
+    unet = unet.to(device=device).eval().requires_grad_(False)
     sample = unet.config.sample_size
     return DiffusionModel(
         unet=unet, schedule=NoiseSchedule.from_scheduler(scheduler), learned_variance=cout == 2 * cin,
         sample_size=int(sample if isinstance(sample, int) else sample[0]), in_channels=cin, spec=spec,
         device=torch.device(device), dtype=dtype,
     )
+
+
+def save_tiny_prior(path: str, sample_size: int = 32, out_channels: int = 3, seed: int = 0) -> str:
+    """Write an untrained ``TINY_UNET`` + DDPMScheduler(T=1000, linear β) in the pipeline
+    layout with ``save_pretrained`` (tests and ``adir bench core``); returns ``path``."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DModel(sample_size=sample_size, in_channels=3, out_channels=out_channels, **TINY_UNET)
+    unet.save_pretrained(os.path.join(path, "unet"), safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(os.path.join(path, "scheduler"))
+    return path

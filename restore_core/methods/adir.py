@@ -1,11 +1,15 @@
 """ADIR and its ablation arms over one implementation (paper 000 §3.2-3.3, Table 6).
 
-* ``gd``: guided DDPM sampling with the base model, no adaptation (Algorithm 1 alone;
-  the paper's "GD" baseline).
+* ``gd``: guided DDPM sampling with the base model, no adaptation (Algorithm 1 alone; the
+  paper's "GD" baseline).
 * ``ia_y``: adapt a fresh LoRA on y itself (eq. 18), then sample with Algorithm 1.
 * ``adir``: adapt a fresh LoRA on the K retrieved neighbours (eq. 19-20), then sample.
 
-The adapter lives only inside ``lora_adapter``: the base weights are untouched afterwards.
+Imports the sampler (``guided_sampling``) and the adaptation (``adaptation``); the adapter
+lives only inside ``lora_adapter``, so the base weights are bit-identical afterwards. The
+adaptation seed is drawn from the row's generator, so one seed fixes the whole row.
+Config fields used: adapt_iters, adapt_lr, adapt_batch, adapt_crop, lora_rank, lora_alpha
+(Table 1 / paper 001 defaults), steps, guidance_scale, guidance_mode.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from restore_core.adaptation import adapt_lora, lora_adapter
 from restore_core.errors import MethodError
 from restore_core.guided_sampling import guided_ddpm_sample
 from restore_core.methods.base import base_info, register, require_linear_operator
+from restore_core.operators import TASKS
+
+LINEAR_TASKS = ("sr4",) + tuple(t for t in TASKS if t not in ("sr4", "jpeg"))
 
 
 class GuidedDiffusion:
-    """Algorithm 1, optionally after image-adaptive LoRA tuning on ``adapt_on``."""
+    """Algorithm 1, optionally after image-adaptive LoRA tuning on y or on the neighbours."""
 
     needs_operator = True
+    tasks = LINEAR_TASKS
 
     def __init__(self, name: str, adapt_on: str | None):
         self.name = name
@@ -33,22 +41,26 @@ class GuidedDiffusion:
         info = base_info()
         if self.adapt_on is None:
             x, sample_info = self._sample(y, operator, model, cfg, generator)
-            info.update(sample_info, stop_reason="steps")
-            return x, info
-        if self.adapt_on == "neighbours":
-            if neighbours is None or len(neighbours) == 0:
-                raise MethodError(f"method {self.name!r} needs retrieved neighbour images; none were given")
-            images = neighbours
         else:
-            images = y if y.shape[1] == model.in_channels else y.expand(-1, model.in_channels, -1, -1)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
-        with lora_adapter(model, cfg.lora_rank, cfg.lora_alpha) as params:
-            adapt_info = adapt_lora(model, images, params, iters=cfg.adapt_iters, lr=cfg.adapt_lr,
-                                    batch_size=cfg.adapt_batch, crop_size=cfg.adapt_crop, seed=seed)
-            x, sample_info = self._sample(y, operator, model, cfg, generator)
-        info.update(adapt_info)
+            images = self._adaptation_images(y, model, neighbours)
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            with lora_adapter(model, cfg.lora_rank, cfg.lora_alpha) as params:
+                adapt_info = adapt_lora(model, images, params, iters=cfg.adapt_iters, lr=cfg.adapt_lr,
+                                        batch_size=cfg.adapt_batch, crop_size=cfg.adapt_crop, seed=seed)
+                x, sample_info = self._sample(y, operator, model, cfg, generator)
+            info.update(adapt_info)
+            info["adapted_on"] = f"{len(images)} {'neighbours' if self.uses_neighbours else 'measurement(s) y'}"
         info.update(sample_info, stop_reason="steps")
         return x, info
+
+    def _adaptation_images(self, y, model, neighbours):
+        if self.adapt_on == "neighbours":
+            if neighbours is None or len(neighbours) == 0:
+                raise MethodError(f"method {self.name!r} needs retrieved neighbour images; none were given "
+                                  "(set k > 0 and an index, or use ia_y / gd)")
+            return neighbours
+        # eq. 18 on y itself; a 1-channel y (colorize) is replicated to the model's channels
+        return y if y.shape[1] == model.in_channels else y.expand(-1, model.in_channels, -1, -1)
 
     @staticmethod
     def _sample(y, operator, model, cfg, generator):

@@ -1,0 +1,126 @@
+"""``adir bench core``: the cost of the core operations, and the guidance-scale table.
+
+Timings (default) on a tiny UNet (``restore_core.diffusion_model.TINY_UNET``, untrained,
+64² by default) or on ``--model``: ms per UNet forward (batch 1), seconds for a guided
+sr4 sample of ``--long-steps`` (1000) and ``--short-steps`` (100) steps, and seconds per
+LoRA adaptation iteration at batch ``--batch`` (6, Table 1). One CPU thread unless
+``--threads`` says otherwise, so numbers compare across machines' single cores.
+
+``--scales`` instead measures the data consistency ‖A x̂ − y‖/√m (0–255 scale,
+``metrics.consistency``) of guided sampling per task over a grid of guidance scales, on
+held-out photo crops degraded with noise σ = ``--noise`` (0–255); this is the table
+behind ``guided_sampling.DEFAULT_SCALES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+TASKS = ("sr2", "sr4", "sr8", "deblur_box5", "deblur_gauss", "colorize", "inpaint", "cs")
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="diffusion model spec (default: a tiny untrained UNet)")
+    p.add_argument("--size", type=int, default=64, help="image side (default 64)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--forward-reps", type=int, default=20)
+    p.add_argument("--long-steps", type=int, default=1000)
+    p.add_argument("--short-steps", type=int, default=100)
+    p.add_argument("--adapt-iters", type=int, default=10)
+    p.add_argument("--batch", type=int, default=6)
+    p.add_argument("--scales", action="store_true", help="measure consistency per task and scale instead")
+    p.add_argument("--scale-grid", default="0,0.5,1,2,4", help="scales for --scales (comma-separated)")
+    p.add_argument("--scale-mode", default="normalized", choices=("normalized", "paper"))
+    p.add_argument("--steps", type=int, default=100, help="sampling steps for --scales")
+    p.add_argument("--tasks", default=",".join(TASKS), help="tasks for --scales")
+    p.add_argument("--noise", type=float, default=10.0, help="noise σ on the 0-255 scale for --scales")
+    p.add_argument("--n", type=int, default=2, help="images per task for --scales")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+
+
+def _model(args):
+    from restore_core.diffusion_model import load_diffusion_model, save_tiny_prior
+
+    if args.model:
+        return load_diffusion_model(args.model)
+    folder = tempfile.mkdtemp(prefix="adir-bench-core-")
+    return load_diffusion_model(save_tiny_prior(folder, sample_size=args.size))
+
+
+def bench_timings(model, args) -> dict:
+    from restore_core.adaptation import adapt_lora, lora_adapter
+    from restore_core.guided_sampling import guided_ddpm_sample
+    from restore_core.operators import build_operator
+
+    size = args.size
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        model.eps(x, 500)  # warm-up
+        start = time.perf_counter()
+        for _ in range(args.forward_reps):
+            model.eps(x, 500)
+    out = {"size": size, "threads": torch.get_num_threads(), "model": model.spec,
+           "ms_per_forward": 1000 * (time.perf_counter() - start) / args.forward_reps}
+    op = build_operator("sr4", (3, size, size))
+    y = op.A(x.clamp(-1, 1))
+    for key, steps in (("seconds_sample_short", args.short_steps), ("seconds_sample_long", args.long_steps)):
+        _, info = guided_ddpm_sample(model, y, op, steps=steps, generator=torch.Generator().manual_seed(0))
+        out[key] = info["seconds_sample"]
+        out[key.replace("seconds", "steps")] = steps
+    images = torch.rand(6, 3, size, size) * 2 - 1
+    with lora_adapter(model) as params:
+        adapt_lora(model, images, params, iters=1, batch_size=args.batch, seed=0)  # warm-up
+        info = adapt_lora(model, images, params, iters=args.adapt_iters, batch_size=args.batch, seed=1)
+    out["seconds_per_adapt_iter"] = info["seconds_adapt"] / args.adapt_iters
+    out["adapt_batch"] = args.batch
+    return out
+
+
+def bench_scales(model, args) -> list[dict]:
+    from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
+    from restore_core.errors import SamplingDivergedError
+    from restore_core.guided_sampling import guided_ddpm_sample
+    from restore_core.metrics import consistency
+    from restore_core.operators import build_operator
+
+    x, _ = random_crops(HELDOUT_PHOTOS, args.n, args.size, seed=0)
+    rows = []
+    for task in args.tasks.split(","):
+        op = build_operator(task, (3, args.size, args.size))
+        y = op.degrade(x, args.noise, torch.Generator().manual_seed(1))
+        row = {"task": task, "lambda_max": op.lambda_max(), "noise": args.noise, "steps": args.steps,
+               "mode": args.scale_mode, "truth": consistency(x, y, op)}
+        for s in (float(v) for v in args.scale_grid.split(",")):
+            try:
+                xh, _ = guided_ddpm_sample(model, y, op, scale=s, steps=args.steps, scale_mode=args.scale_mode,
+                                           generator=torch.Generator().manual_seed(0))
+                row[f"s={s:g}"] = consistency(xh, y, op)
+            except SamplingDivergedError:
+                row[f"s={s:g}"] = float("nan")
+        rows.append(row)
+        print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    return rows
+
+
+def main(args) -> int:
+    torch.set_num_threads(args.threads)
+    model = _model(args)
+    if args.scales:
+        result = {"scales": bench_scales(model, args)}
+    else:
+        result = bench_timings(model, args)
+        print(f"tiny UNet {args.size}x{args.size}, {result['threads']} thread(s):")
+        print(f"  forward (batch 1)              {result['ms_per_forward']:.1f} ms")
+        print(f"  guided sample, {args.short_steps:4d} steps     {result['seconds_sample_short']:.2f} s")
+        print(f"  guided sample, {args.long_steps:4d} steps     {result['seconds_sample_long']:.2f} s")
+        print(f"  adaptation iteration (batch {args.batch}) {result['seconds_per_adapt_iter']:.3f} s")
+    if args.json:
+        from restore_core import storage
+
+        storage.atomic_write_bytes(args.json, json.dumps(result, indent=2).encode())
+    return 0

@@ -1,0 +1,147 @@
+"""Job-level configuration of ``adir restore``: what runs where, around one ``RestoreConfig``.
+
+Keys (YAML file given with ``--config``, or ``--set key=value``):
+
+==================  =============================================================
+model               diffusion prior spec (hub id, folder, fsspec URI); null = shipped
+index               retrieval index URI (needed by methods that use neighbours)
+embedder            embedder spec overriding the one recorded in the index; null = index's
+workers             number of Ray actors (default 2)
+gpus_per_worker     GPUs per actor (default 0; > 0 runs the model on CUDA)
+cpus_per_worker     CPUs per actor; null = spread the cluster's CPUs over the workers
+device              auto (cuda when gpus_per_worker > 0) | cpu | cuda
+preset              fast | paper | null: the base RestoreConfig before overrides
+restore             a section of ``RestoreConfig`` keys (k, steps, adapt_iters, shred.iters…)
+==================  =============================================================
+
+Precedence, lowest first: preset, the file's ``restore`` section, ``--set`` overrides,
+then the explicit CLI flags (``--workers``, ``--gpus-per-worker``, ``--preset``). A
+``--set`` key that is not a job key is a restore key (``--set steps=5`` equals
+``--set restore.steps=5``). Unknown keys and bad values raise ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import yaml
+
+from restore_core import storage
+from restore_core.config import PRESETS, RestoreConfig
+from restore_core.errors import ConfigError, InputError
+
+DEVICES = ("auto", "cpu", "cuda")
+JOB_KEYS = ("model", "index", "embedder", "workers", "gpus_per_worker", "cpus_per_worker", "device", "preset")
+
+
+@dataclass
+class JobConfig:
+    model: str | None = None
+    index: str | None = None
+    embedder: Any = None
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float | None = None
+    device: str = "auto"
+    preset: str | None = None
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
+
+    @property
+    def torch_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if self.gpus_per_worker > 0 else "cpu"
+        return self.device
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in JOB_KEYS}
+        out["restore"] = self.restore.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JobConfig":
+        """Inverse of ``to_dict`` (used to ship the config to Ray workers)."""
+        return build_job_config(file_data=data)
+
+    def validate(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"bad value for workers: {self.workers!r}; must be an integer >= 1")
+        for key in ("gpus_per_worker", "cpus_per_worker"):
+            value = getattr(self, key)
+            if value is None and key == "cpus_per_worker":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                    or (key == "cpus_per_worker" and value == 0):
+                raise ConfigError(f"bad value for {key}: {value!r}; must be a number "
+                                  f"{'> 0' if key == 'cpus_per_worker' else '>= 0'}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"bad value for device: {self.device!r}; accepted: {', '.join(DEVICES)}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"bad value for preset: {self.preset!r}; accepted: {', '.join(PRESETS)}")
+        for key in ("model", "index"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"bad value for {key}: {value!r}; expected a path or URI")
+
+
+def _coerce_job(key: str, value: Any) -> Any:
+    if key in ("gpus_per_worker", "cpus_per_worker") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if key == "workers" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def load_config_file(uri: str) -> dict[str, Any]:
+    """The YAML mapping in ``uri``; unreadable or non-mapping files are ``ConfigError``."""
+    try:
+        text = storage.read_bytes(uri).decode()
+    except InputError as exc:
+        raise ConfigError(f"config file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {uri} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {uri} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def build_job_config(file_data: dict[str, Any] | None = None, overrides: Iterable[str] = (),
+                     **flags: Any) -> JobConfig:
+    """Merge file data, ``--set`` overrides and CLI ``flags`` (None = not given) into a JobConfig."""
+    data = dict(file_data or {})
+    unknown = sorted(set(data) - set(JOB_KEYS) - {"restore"})
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(map(str, unknown))}; "
+                          f"job keys: {', '.join(JOB_KEYS)}, plus a 'restore' section")
+    restore_data = data.pop("restore", None) or {}
+    if not isinstance(restore_data, dict):
+        raise ConfigError("config key 'restore' must be a mapping of RestoreConfig keys")
+    job_values = {k: _coerce_job(k, v) for k, v in data.items()}
+    restore_overrides = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"bad override {item!r}; expected key=value")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        if key in JOB_KEYS:
+            try:
+                job_values[key] = _coerce_job(key, yaml.safe_load(raw) if raw else None)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"bad value for {key}: {raw!r} ({exc})") from None
+        else:
+            restore_overrides.append(f"{key.removeprefix('restore.')}={raw}")
+    for key, value in flags.items():
+        if value is not None:
+            job_values[key] = _coerce_job(key, value)
+    preset = job_values.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"bad value for preset: {preset!r}; accepted: {', '.join(PRESETS)}")
+    base = dict(PRESETS[preset]) if preset else {}
+    restore = RestoreConfig.from_dict({**base, **restore_data}).with_overrides(restore_overrides)
+    job = dataclasses.replace(JobConfig(), **job_values, restore=restore)
+    job.validate()
+    return job

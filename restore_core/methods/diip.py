@@ -1,0 +1,117 @@
+"""DIIP (paper 004, slides): blind restoration by fitting the initial noise of a frozen DDIM.
+
+Algorithm 1 of the slides: z* = argmin_z ‖g(z) − y‖² (eq. 2) with g the deterministic
+DDIM of the prior (skip ``cfg.diip.skip``), optimised by Adam from z ~ N(0, I); no
+operator is used. The loop is SHRED's (``shred.optimise_initial_noise``) with H = I.
+Fitting y completely reproduces its degradation, so the optimisation is stopped early by
+one of the slides' self-supervised rules:
+
+* ``slope`` (degradations that *add* high frequencies: noise, JPEG): the normalised loss
+  slope Δ_k = (L_k − L_{k+1}) / L_k; stop when Δ_k < ``slope_eps``. Deviation: Δ is
+  averaged over the last ``slope_window`` iterations, since Adam's single steps are noisy.
+* ``laplacian`` (degradations that *remove* them: blur, low resolution): σ²_k, the
+  variance of the Laplacian of the grey-level g(z_k), rises while details are fitted and
+  falls once the blur is; stop when k > ``k_min`` and σ² has not exceeded its peak for
+  ``patience`` iterations (the slides' σ²_k > σ²_{k+1} is ``patience = 1``), and return
+  g(z) at the peak.
+* ``auto``: slope for ``denoise`` and ``jpeg``, laplacian for every other known task, and
+  both (the first to fire wins) when the task is blind (no operator); ``both`` forces that.
+
+With an operator whose output is smaller than the image (SR), y is presented as a blurry
+full-size image (bicubic upsampling), as the slides do; a 1-channel y is repeated over
+the model's channels. ``info`` reports the rule that fired and its iteration.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from restore_core.indi_training import full_size
+from restore_core.methods.base import base_info, register
+from restore_core.methods.shred import initial_noise, optimise_initial_noise
+from restore_core.operators import TASKS
+
+HIGH_FREQUENCY_TASKS = ("denoise", "jpeg")  # degradations that add high frequencies
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+
+
+def laplacian_variance(x: torch.Tensor) -> torch.Tensor:
+    """σ² of the Laplacian of the grey-level image, per image (B,)."""
+    grey = x.mean(dim=1, keepdim=True)
+    lap = F.conv2d(grey, _LAPLACIAN.to(x), padding=0)
+    return lap.flatten(1).var(dim=1)
+
+
+def rules_for(rule: str, operator) -> tuple[str, ...]:
+    if rule == "both" or (rule == "auto" and operator is None):
+        return ("slope", "laplacian")
+    if rule == "auto":
+        return ("slope",) if operator.name in HIGH_FREQUENCY_TASKS else ("laplacian",)
+    return (rule,)
+
+
+class StoppingRules:
+    """The slides' two stopping rules over the batch-mean loss and sharpness."""
+
+    def __init__(self, rules: tuple[str, ...], slope_eps: float, window: int, k_min: int, patience: int):
+        self.rules, self.slope_eps, self.window = rules, slope_eps, window
+        self.k_min, self.patience = k_min, patience
+        self.losses: list[float] = []
+        self.sharpness: list[float] = []
+        self.x = None  # the output to return
+        self.peak_k, self.peak, self.peak_x = 0, float("-inf"), None
+        self.fired_at = None
+
+    def __call__(self, k, x0, losses):
+        self.x = x0
+        self.losses.append(float(losses.mean()))
+        if "slope" in self.rules and len(self.losses) > self.window:
+            recent = self.losses[-self.window - 1:]
+            deltas = [(a - b) / max(a, 1e-12) for a, b in zip(recent[:-1], recent[1:])]
+            if sum(deltas) / len(deltas) < self.slope_eps:
+                self.fired_at = k
+                return "slope"
+        if "laplacian" in self.rules:
+            s = float(laplacian_variance(x0).mean())
+            self.sharpness.append(s)
+            if k >= self.k_min and s > self.peak:
+                self.peak_k, self.peak, self.peak_x = k, s, x0
+            if k > self.k_min and self.peak_x is not None and k - self.peak_k >= self.patience:
+                self.x = self.peak_x
+                self.fired_at = self.peak_k
+                return "laplacian"
+        return None
+
+
+class Diip:
+    name = "diip"
+    needs_operator = False
+    uses_neighbours = False
+    tasks = ("denoise",) + tuple(t for t in TASKS if t != "denoise")
+
+    def restore(self, y, operator, model, cfg, *, neighbours=None, generator=None):
+        d = cfg.diip
+        if operator is not None:
+            y = full_size(y, operator.image_shape[-2:])
+        if y.shape[1] != model.in_channels:
+            y = y.expand(-1, model.in_channels, -1, -1)
+        rules = rules_for(d.rule, operator)
+        monitor = StoppingRules(rules, d.slope_eps, d.slope_window, d.k_min, d.patience)
+        start = time.perf_counter()
+        x_T = initial_noise(tuple(y.shape), generator, y.device, sphere=False)
+
+        def loss_fn(x0):
+            return ((x0 - y) ** 2).flatten(1).mean(dim=1)  # eq. 2, per pixel
+
+        loop = optimise_initial_noise(model, x_T, loss_fn, monitor, skip=d.skip, iters=d.iters, lr=d.lr,
+                                      grad=d.grad)
+        info = base_info(**loop, rules=list(rules), stop_iteration=monitor.fired_at or loop["iterations"],
+                         loss_start=monitor.losses[0], loss_end=monitor.losses[-1])
+        info["seconds_sample"] = time.perf_counter() - start
+        return monitor.x.clamp(-1, 1), info
+
+
+register(Diip())

@@ -1,0 +1,56 @@
+"""index_builder.retrieval: clip / random / mse neighbours, φ distances, fetch; built without Ray
+from the same per-shard function the actors run."""
+
+import numpy as np
+import pytest
+import torch
+
+from index_builder.embedder import load_embedder, save_tiny_embedder
+from index_builder.index import spherical_distance
+from index_builder.retrieval import Retriever
+from index_builder.shard_build import embed_rows
+from jobs.build_index import write_index_folder
+from restore_core.bundled_photos import export_crops
+from restore_core.errors import InputError
+from restore_core.images import read_image
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrieval")
+    rows = export_crops(str(root / "photos"), "train", 24, 32, seed=3)
+    spec = save_tiny_embedder(str(root / "embedder"), seed=1)
+    emb, skipped = embed_rows(load_embedder(spec), [r[0] for r in rows], [r[1] for r in rows], thumb_size=8)
+    assert skipped.num_rows == 0
+    write_index_folder(f"file://{root}/index", emb, spec, kind="kdtree")
+    return f"file://{root}/index", rows
+
+
+@pytest.mark.parametrize("mode", ["clip", "random", "mse"])
+def test_neighbours_modes(index_dir, mode):
+    uri, rows = index_dir
+    r = Retriever.load(uri)
+    y = read_image(rows[5][1])
+    found = r.neighbours(y, 4, mode=mode, seed=1)
+    assert len(found) == 4 and all(set(n) == {"image_id", "uri", "distance"} for n in found)
+    if mode == "random":
+        assert found == r.neighbours(y, 4, mode="random", seed=1) != r.neighbours(y, 4, mode="random", seed=2)
+        return
+    assert found[0]["image_id"] == rows[5][0] and found[0]["distance"] < 1e-2
+    assert [n["distance"] for n in found] == sorted(n["distance"] for n in found)
+    if mode == "clip":
+        z = r.embedder.embed(torch.cat([y, r.fetch(found[1:2], size=32)]))
+        assert np.isclose(found[1]["distance"], spherical_distance(np.linalg.norm(z[0] - z[1])), atol=1e-3)
+        low = r.neighbours(y[..., ::4, ::4], 4)  # an SR observation (8x8) is resized by the embedder
+        grey = r.neighbours(y.mean(1, keepdim=True), 4)  # a colorization observation (1 channel)
+        assert len(low) == len(grey) == 4
+    assert r.fetch(found).shape == (4, 3, 32, 32)
+
+
+def test_retrieval_bad_inputs(index_dir, tmp_path):
+    uri, _ = index_dir
+    with pytest.raises(InputError, match="no index at"):
+        Retriever.load(f"file://{tmp_path}/nothing")
+    r = Retriever.load(uri)
+    with pytest.raises(InputError, match="unknown retrieval mode"):
+        r.neighbours(torch.zeros(1, 3, 8, 8), 2, mode="lpips")
