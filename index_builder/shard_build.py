@@ -125,6 +125,10 @@ class ShardEmbedder:
         self.output_uri = output_uri
         self.thumb_size = thumb_size
 
+    def ready(self) -> int:
+        """Returns once the embedder is loaded (so throughput excludes actor start-up)."""
+        return os.getpid()
+
     def run(self, index: int, image_ids: list[str], uris: list[str]) -> dict[str, Any]:
         start = time.perf_counter()
         emb, skipped = embed_rows(self.embedder, image_ids, uris, self.thumb_size)
@@ -158,7 +162,8 @@ def build_embeddings(manifest: pa.Table, output_uri: str, embedder_spec: dict | 
     """Embed every manifest row over ``workers`` Ray actors; resumable (see module doc).
 
     Returns a summary: shards (total, done now, already complete), images embedded and
-    skipped in this run, seconds, images/s, images/s per worker.
+    skipped in this run, actor start-up seconds, seconds (after start-up), images/s,
+    images/s per worker.
     """
     import ray
     from ray.util import ActorPool
@@ -194,6 +199,9 @@ def build_embeddings(manifest: pa.Table, output_uri: str, embedder_spec: dict | 
     todo_images = sum(shards[i][1] - shards[i][0] for i in pending)
     say(f"embedding {todo_images} images in {len(pending)} shards ({summary['shards_already_complete']} already "
         f"complete) on {n_actors} worker(s) x {cpus:.2f} CPU{' + 1 GPU' if use_gpu else ''} -> {output_uri}")
+    startup = time.perf_counter()
+    ray.get([a.ready.remote() for a in actors])
+    summary["startup_seconds"] = time.perf_counter() - startup
     start = time.perf_counter()
     pool = ActorPool(actors)
     jobs = [(i, ids[shards[i][0]:shards[i][1]], uris[shards[i][0]:shards[i][1]]) for i in pending]

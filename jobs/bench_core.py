@@ -44,12 +44,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _model(args):
+    """``--model``, or the untrained tiny UNet saved and loaded back like any prior."""
     from restore_core.diffusion_model import load_diffusion_model, save_tiny_prior
 
     if args.model:
         return load_diffusion_model(args.model)
-    folder = tempfile.mkdtemp(prefix="adir-bench-core-")
-    return load_diffusion_model(save_tiny_prior(folder, sample_size=args.size))
+    with tempfile.TemporaryDirectory(prefix="adir-bench-core-") as folder:
+        model = load_diffusion_model(save_tiny_prior(folder, sample_size=args.size))
+    model.spec = f"tiny untrained UNet {args.size}x{args.size} (diffusion_model.TINY_UNET)"
+    return model
 
 
 def bench_timings(model, args) -> dict:

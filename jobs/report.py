@@ -63,6 +63,10 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
+def _fmt_seconds(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -158,7 +162,7 @@ def _summary_table(summary: dict) -> str:
                f"<td>{g['rows']}</td>", f"<td class=ok>{g['ok']}</td>",
                f"<td class={'bad' if g['failed'] else 'ok'}>{g['failed']}</td>"]
         tds += [f"<td>{_fmt(g['metrics'].get(m))}</td>" for m in metrics]
-        tds += [f"<td>{_fmt(g['seconds'].get(s))}</td>" for s in seconds]
+        tds += [f"<td>{_fmt_seconds(g['seconds'].get(s))}</td>" for s in seconds]
         rows.append("<tr>" + "".join(tds) + "</tr>")
     return "<table>" + "\n".join(rows) + "</table>"
 
@@ -214,7 +218,7 @@ def write_report(output_uri: str, df: pd.DataFrame, summary: dict, per_group: in
 <style>{_CSS}</style></head><body>
 <h1>ADIR restoration report</h1>
 <p class=meta>{summary['rows']} rows: {status} · outputs in <code>{_e(output_uri)}</code> ·
-generated {_e(summary['generated_at'])} · worker time {_fmt(summary['worker_seconds'])} s ·
+generated {_e(summary['generated_at'])} · worker time {_fmt_seconds(summary['worker_seconds'])} s ·
 data: <a href="summary.json">summary.json</a>, <a href="summary.parquet">summary.parquet</a></p>
 <h2>Mean metrics and seconds per task and method</h2>
 <p class=meta>Means over finished rows. ↑ higher is better, ↓ lower is better; consistency is

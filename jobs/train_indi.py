@@ -18,8 +18,16 @@ import logging
 import torch
 
 from restore_core.errors import ConfigError
-from restore_core.indi_training import (INDI_TASKS, NOISE_SCHEDULES, P_T_CHOICES, TrainSettings, default_indi_dir,
-                                        load_paired_folders, save_indi_model, train_indi)
+from restore_core.indi_training import (
+    INDI_TASKS,
+    NOISE_SCHEDULES,
+    P_T_CHOICES,
+    TrainSettings,
+    default_indi_dir,
+    load_paired_folders,
+    save_indi_model,
+    train_indi,
+)
 from restore_core.operators import parse_task
 
 log = logging.getLogger("adir.train_indi")

@@ -28,14 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import time
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from restore_core.errors import SamplingDivergedError
+
 ADAPTER = "row"
 _SAVED_GRAD = "_adir_lora_saved_requires_grad"  # base requires_grad flags, restored on removal
+_AFTER_ADAPTATION: list[Callable[[object], dict]] = []  # see evaluate_after_adaptation
 
 
 def conv_module_names(unet: torch.nn.Module) -> list[str]:
@@ -94,6 +98,19 @@ def lora_adapter(model, rank: int = 16, alpha: int = 8, seed: int = 0) -> Iterat
         yield params
     finally:
         remove_lora(model.unet)
+
+
+@contextlib.contextmanager
+def evaluate_after_adaptation(fn: Callable[[object], dict]) -> Iterator[None]:
+    """While active, every ``adapt_lora`` ends by calling ``fn(model)`` — adapter still
+    attached, no grad — and merges the dict it returns into its info (and so into the
+    method's info). Lets a benchmark measure the adapted model (``adir bench ablation``'s
+    held-out ℓ_simple) through the unchanged method code, without keeping the adapter."""
+    _AFTER_ADAPTATION.append(fn)
+    try:
+        yield
+    finally:
+        _AFTER_ADAPTATION.remove(fn)
 
 
 def state_dict_hash(module: torch.nn.Module) -> str:
@@ -171,18 +188,21 @@ def adapt_lora(model, images: torch.Tensor, params: list[torch.nn.Parameter], it
                 loss.backward()
             opt.step()
             value = loss.item()
-            if value != value:
-                from restore_core.errors import SamplingDivergedError
-
-                raise SamplingDivergedError(f"NaN adaptation loss at iteration {it + 1}; lower adapt_lr")
+            if not math.isfinite(value):
+                raise SamplingDivergedError(f"non-finite adaptation loss ({value}) at iteration {it + 1}; "
+                                            "lower adapt_lr")
             losses.append(value)
             if callback is not None:
                 callback(it, value)
     finally:
         model.unet.eval()
-    return {"iterations": iters, "adapt_loss_first": losses[0] if losses else None,
+    info = {"iterations": iters, "adapt_loss_first": losses[0] if losses else None,
             "adapt_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else None,
             "seconds_adapt": time.perf_counter() - start}
+    for fn in list(_AFTER_ADAPTATION):
+        with torch.no_grad():
+            info.update(fn(model))
+    return info
 
 
 def save_adapter(unet: torch.nn.Module, path: str) -> None:

@@ -115,7 +115,7 @@ def load_indi_model(spec: str, device: str | torch.device = "cpu") -> IndiModel:
     from restore_core import storage
 
     where = storage.fetch_to_local(spec) if "://" in spec and not spec.startswith("file://") else spec
-    where = where[len("file://"):] if where.startswith("file://") else where
+    where = where.removeprefix("file://")
     meta_path = os.path.join(where, "indi.json")
     if not os.path.isfile(meta_path):
         raise ModelLoadError(f"not an InDI model folder (no indi.json): {spec}")

@@ -47,6 +47,9 @@ WEIGHT_FILES: dict[str, tuple[str, dict]] = {
 # weights fetched through torch.hub while a metric is built, relative to the weights dir
 HUB_FILES: dict[str, str] = {"lpips": os.path.join("checkpoints", "alexnet-owt-7be5be79.pth")}
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+# smallest image side pyiqa's implementation accepts (measured: vif's steerable pyramid pads
+# by 4 at its coarsest level, ssim's 11x11 window); smaller images skip the metric
+MIN_SIDE: dict[str, int] = {"vif": 33, "ssim": 11}
 FULL_REFERENCE = set(DEFAULT_FR) | {"lpips"}
 KNOWN = set(DEFAULT_FR) | set(DEFAULT_NR) | set(WEIGHT_FILES)
 
@@ -92,7 +95,8 @@ def _metric(name: str, device: str, weights_dir: str | None):
 
 def compute_metrics(x: torch.Tensor, gt: torch.Tensor | None = None, names: tuple[str, ...] | list[str] | None = None,
                     weights_dir: str | None = None, device: str = "cpu") -> dict[str, float]:
-    """Named metrics of ``x`` (1, 3, H, W) in [-1, 1]; full-reference ones only with ``gt``."""
+    """Named metrics of ``x`` (B, 3, H, W) in [-1, 1] (batch mean); full-reference ones only
+    with ``gt``, and only those whose ``MIN_SIDE`` the image reaches (others are left out)."""
     names = tuple(names) if names else DEFAULT_FR + DEFAULT_NR
     unknown = [n for n in names if n not in KNOWN]
     if unknown:
@@ -100,6 +104,8 @@ def compute_metrics(x: torch.Tensor, gt: torch.Tensor | None = None, names: tupl
     x01 = ((x.detach().float().clamp(-1, 1) + 1) / 2).to(device)
     out: dict[str, float] = {}
     for name in names:
+        if min(x.shape[-2:]) < MIN_SIDE.get(name, 1):
+            continue
         if name in FULL_REFERENCE:
             if gt is None:
                 continue

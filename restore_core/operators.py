@@ -289,7 +289,8 @@ class FilterSubsample(Operator):
     def _weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.kernel_1d.to(x.dtype)
         c = x.shape[1]
-        return k.view(1, 1, -1, 1).expand(c, 1, -1, 1), k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+        return (k.view(1, 1, -1, 1).expand(c, 1, -1, 1).contiguous(),
+                k.view(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous())
 
     def _boundary(self, x: torch.Tensor) -> torch.Tensor:
         return (self.boundary_h * self.boundary_w).to(x.dtype)
@@ -456,8 +457,10 @@ def _kept_pixels_mask(h: int, w: int, rate: float, seed: int, what: str) -> torc
     """Binary (h, w) mask keeping exactly round(rate·h·w) (at least 1) uniformly drawn pixels."""
     if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
         raise InputError(f"{what} must be in (0, 1], got {rate!r}")
-    n = max(1, int(round(rate * h * w)))
-    g = torch.Generator().manual_seed(int(seed))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed must be an integer, got {seed!r}")
+    n = max(1, round(rate * h * w))
+    g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(h * w)
     mask[torch.randperm(h * w, generator=g)[:n]] = 1.0
     return mask.reshape(h, w)
@@ -470,7 +473,7 @@ def _inpaint_mask(h: int, w: int, params: dict[str, Any]) -> torch.Tensor:
         if isinstance(size, int) and size >= 1:
             side = size
         elif isinstance(size, float) and 0 < size < 1:
-            side = max(1, int(round(size * min(h, w))))
+            side = max(1, round(size * min(h, w)))
         else:
             raise InputError(f"inpaint size must be a fraction in (0, 1) or whole pixels >= 1, got {size!r}")
         if side >= min(h, w):

@@ -63,7 +63,7 @@ def is_local(uri: str) -> bool:
 def local_path(uri: str) -> str:
     """The file-system path of a local path or file:// URI."""
     uri = str(uri)
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return uri.removeprefix("file://")
 
 
 def to_local_path_if_file(uri: str) -> str | None:

@@ -52,14 +52,19 @@ def photo_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_index(tmp_path_factory):
-    """A retrieval index over six 32×32 training crops, built by index_builder."""
-    from index_builder.index import build_index_from_folder
+    """A retrieval index over eight 32×32 training-photo crops and a tiny embedder, built
+    by index_builder's own per-shard function and index writer (no Ray needed)."""
+    from index_builder.embedder import load_embedder, save_tiny_embedder
+    from index_builder.shard_build import embed_rows
+    from jobs.build_index import write_index_folder
+    from restore_core.bundled_photos import export_crops
 
     root = tmp_path_factory.mktemp("corpus")
-    crops, _ = random_crops(("astronaut", "rocket"), 6, 32, seed=4)
-    for i, x in enumerate(crops):
-        write_png(x[None], str(root / "images" / f"c{i}.png"))
-    return build_index_from_folder(str(root / "images"), str(root / "index"))
+    rows = export_crops(str(root / "photos"), "train", 8, 32, seed=4)
+    spec = save_tiny_embedder(str(root / "embedder"), seed=1)
+    emb, _ = embed_rows(load_embedder(spec), [r[0] for r in rows], [r[1] for r in rows], thumb_size=8)
+    write_index_folder(str(root / "index"), emb, spec, kind="kdtree")
+    return str(root / "index")
 
 
 def manifest_rows(photo_dir: str, task: str = "sr4", method: str = "gd", n: int = 4, **extra) -> list[dict]:

@@ -15,8 +15,16 @@ from skimage import data
 
 from restore_core import images
 from restore_core.errors import InputError
-from restore_core.images import (center_crop, center_crop_to_multiple, decode_image_bytes, from_uint8,
-                                 read_image, resize_short_side, to_uint8, write_png)
+from restore_core.images import (
+    center_crop,
+    center_crop_to_multiple,
+    decode_image_bytes,
+    from_uint8,
+    read_image,
+    resize_short_side,
+    to_uint8,
+    write_png,
+)
 
 PHOTO = data.astronaut()[:96, 100:180]  # 96x80x3 uint8, a real photograph
 

@@ -14,7 +14,12 @@ from skimage import data
 
 from restore_core import operators
 from restore_core.errors import InputError, MethodError
-from restore_core.operators import TASKS, build_operator, parse_task, sigma_to_model_range
+from restore_core.operators import (
+    TASKS,
+    build_operator,
+    parse_task,
+    sigma_to_model_range,
+)
 
 LINEAR_TASKS = [t for t in TASKS if t != "jpeg"]
 # Odd sizes where the task allows (off-by-one padding errors show); SR needs divisibility.
@@ -110,6 +115,7 @@ def test_lambda_max_matches_dense_eigenvalue(spec, shape):
     ("inpaint:mode=box,keep=0.3", (3, 32, 32), "do not apply to inpaint mode=box"),
     ("inpaint:mode=mask", (3, 32, 32), "needs mask= a 32x32 tensor or image URI"),
     ("cs:rate=0", (3, 32, 32), "cs rate must be in (0, 1]"),
+    ("cs:seed=x", (3, 32, 32), "seed must be an integer, got 'x'"),
     ("jpeg:q=0", (3, 32, 32), "jpeg quality q must be an integer in 1..100"),
 ])
 def test_bad_specs_are_input_errors(spec, shape, message):

@@ -54,7 +54,7 @@ def test_folder_build_resumes_only_missing_shards(ray_cluster, corpus, tmp_path)
     for p in (1, 3):
         os.unlink(parts / part_name(p))
     (parts / ".tmp-leftover").write_bytes(b"partial")
-    second = run_build(str(root / "photos"), out, spec, kind="flat", workers=2, shard_size=4)
+    second = run_build(str(root / "photos"), out, spec, kind="flat", workers=1, shard_size=4)
     assert second["embedding"]["shards_done"] == 2 and second["embedding"]["shards_already_complete"] == 2
     assert all(os.path.getmtime(parts / part_name(p)) == t for p, t in kept.items())
     assert Retriever.load(out).image_ids == retriever.image_ids
@@ -68,7 +68,7 @@ def test_openimages_csv_builds_through_ray(ray_cluster, corpus, tmp_path):
     csv_rows.append(("missing0001", f"file://{root}/photos/missing.jpg"))
     write_openimages_csv(tmp_path / "images.csv", csv_rows)
     out = str(tmp_path / "oi-index")
-    summary = run_build(str(tmp_path / "images.csv"), out, spec, kind="hnsw", workers=2, shard_size=3,
+    summary = run_build(str(tmp_path / "images.csv"), out, spec, kind="hnsw", workers=1, shard_size=3,
                         url_column="OriginalURL")
     assert summary["images"] == 7 and summary["skipped_total"] == 1
     retriever = Retriever.load(out)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from restore_core.config import RestoreConfig
+from restore_core.ddim import ddim_sample
 from restore_core.diffusion_model import load_diffusion_model
 from restore_core.errors import MethodError
-from restore_core.ddim import ddim_sample
 from restore_core.methods.shred import blur, initial_noise, random_anisotropic_kernel
 from restore_core.operators import build_operator
 from restore_core.restore import restore_one

@@ -76,10 +76,12 @@ def test_remote_store_write_list_and_fetch_to_local(tmp_path):
 
     cache = str(tmp_path / "cache")
     local = storage.fetch_to_local(root, cache)
-    assert open(os.path.join(local, "unet", "w.safetensors"), "rb").read() == b"weights"
+    with open(os.path.join(local, "unet", "w.safetensors"), "rb") as fh:
+        assert fh.read() == b"weights"
     assert os.path.exists(os.path.join(local, "scheduler", "scheduler_config.json"))
     assert storage.fetch_to_local(root, cache) == local  # cached, not copied again
     assert [n for n in os.listdir(cache) if n.startswith(".")] == []  # temporary folder gone
     single = storage.fetch_to_local(storage.join(root, "unet", "config.json"), cache)
-    assert open(single, "rb").read() == b"{}"
+    with open(single, "rb") as fh:
+        assert fh.read() == b"{}"
     assert storage.fetch_to_local("file://" + local) == local  # local URIs are returned as they are

@@ -24,6 +24,7 @@ the model's channels. ``info`` reports the rule that fired and its iteration.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
@@ -70,7 +71,7 @@ class StoppingRules:
         self.losses.append(float(losses.mean()))
         if "slope" in self.rules and len(self.losses) > self.window:
             recent = self.losses[-self.window - 1:]
-            deltas = [(a - b) / max(a, 1e-12) for a, b in zip(recent[:-1], recent[1:])]
+            deltas = [(a - b) / max(a, 1e-12) for a, b in itertools.pairwise(recent)]
             if sum(deltas) / len(deltas) < self.slope_eps:
                 self.fired_at = k
                 return "slope"

@@ -1,0 +1,230 @@
+"""``adir bench index``: retrieval index speed/recall (P1), embedding build scaling (P4), and
+retrieval of degraded queries.
+
+* ``--what p1`` — synthetic vectors (see :func:`clustered_vectors`), default 1.7M × 512 like
+  Open Images under a 512-d CLIP. Exact ``flat`` (faiss) vs the index ``auto`` picks vs
+  scipy ``cKDTree`` (the paper's structure). Held-out queries from the same generator:
+  half tune the auto index (efSearch/nprobe), the other half measure it. Reports recall@K,
+  ms/query batched (all queries in one call) and single (one query per call), build
+  seconds and index memory (estimate and the process RSS growth). cKDTree is timed on
+  ``--kdtree-queries`` single queries (it is slow). ``--n`` runs it smaller.
+* ``--what p4`` — the Ray embedding build of the same crop corpus with 1 and then 2 workers;
+  images/s and images/s per worker (actor start-up excluded).
+* ``--what degraded`` — a corpus of clean crops of every bundled photo; queries are held-out
+  crops (other seeds, the held-out photos) degraded by each task (``restore_core.operators``);
+  recall@K = fraction of the K retrieved crops that share the query's source photo.
+
+Writes the JSON of each part to ``--output`` (default ``runs/bench_index``). Examples::
+
+    adir bench index --what p1                  # full scale (heavy: ~10+ GB RAM, minutes)
+    adir bench index --what p1 --n 200000
+    adir bench index --what p4 --images 256
+    adir bench index --what degraded -k 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("adir.bench_index")
+DEGRADED_TASKS = ("sr4", "sr8", "deblur_box5", "deblur_gauss", "colorize")
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--what", default="p1", choices=("p1", "p4", "degraded"))
+    p.add_argument("--n", type=int, default=1_700_000, help="P1: vector count")
+    p.add_argument("--dim", type=int, default=512, help="P1: dimension")
+    p.add_argument("--clusters", type=int, default=2000, help="P1: cluster count of the generator")
+    p.add_argument("--queries", type=int, default=1000, help="P1: held-out queries (half tune, half measure)")
+    p.add_argument("--kdtree-queries", type=int, default=5, help="P1: single queries timed on cKDTree")
+    p.add_argument("--no-kdtree", action="store_true", help="P1: skip the cKDTree baseline")
+    p.add_argument("--kind", default="auto", help="P1: index kind compared with flat and cKDTree")
+    p.add_argument("-k", type=int, default=20, help="recall@K")
+    p.add_argument("--images", type=int, default=192, help="P4: corpus size (crops)")
+    p.add_argument("--shard-size", type=int, default=16, help="P4: images per shard")
+    p.add_argument("--per-photo", type=int, default=40, help="degraded: corpus crops per photo")
+    p.add_argument("--degraded-queries", type=int, default=60, help="degraded: queries per task")
+    p.add_argument("--embedder", default=None, help="embedder spec/folder (default models/embedder)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="runs/bench_index")
+
+
+def clustered_vectors(n: int, dim: int, clusters: int = 2000, seed: int = 0, members_seed: int | None = None,
+                      chunk: int = 100_000) -> np.ndarray:
+    """Synthetic "embeddings": anisotropic, clustered, L2-normalised float32 (n, dim).
+
+    Generator: a global power-law spectrum s_j = (1 + j)^-0.5 over dimensions (real CLIP
+    embeddings have a few dominant directions); ``clusters`` centres c ~ N(0, diag(s²));
+    cluster sizes Zipf-like (weights 1/(rank+1)^0.5); a member is c + 0.5·(s ⊙ a_c ⊙ ε)
+    with a per-cluster random axis scale a_c ~ U(0.3, 1.5)^dim (so each cluster is itself
+    anisotropic) and ε ~ N(0, I); every row is normalised to unit length. Deterministic per
+    ``seed`` (the clusters) and ``members_seed`` (the draws; default ``seed``): held-out
+    queries are the same clusters with another ``members_seed``. Generated in chunks so
+    memory is the output only.
+    """
+    rng = np.random.default_rng(seed)
+    spectrum = (1.0 + np.arange(dim)) ** -0.5
+    centres = rng.standard_normal((clusters, dim)) * spectrum
+    axes = rng.uniform(0.3, 1.5, size=(clusters, dim)) * spectrum * 0.5
+    weights = 1.0 / np.sqrt(1.0 + np.arange(clusters))
+    weights /= weights.sum()
+    rng = np.random.default_rng(seed if members_seed is None else members_seed + 7919)
+    out = np.empty((n, dim), np.float32)
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        c = rng.choice(clusters, size=m, p=weights)
+        x = centres[c] + axes[c] * rng.standard_normal((m, dim))
+        out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _time_single(search, q: np.ndarray, k: int) -> float:
+    start = time.perf_counter()
+    for row in q:
+        search(row[None], k)
+    return (time.perf_counter() - start) / len(q) * 1000
+
+
+def bench_p1(args) -> dict:
+    import faiss
+    from scipy.spatial import cKDTree
+
+    from index_builder.index import build_index, recall_at_k
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)  # all cores for faiss; torch stays at 1
+    k = args.k
+    t0 = time.perf_counter()
+    x = clustered_vectors(args.n, args.dim, args.clusters, seed=args.seed)
+    q = clustered_vectors(args.queries, args.dim, args.clusters, seed=args.seed, members_seed=args.seed + 1)
+    log.info("generated %d x %d vectors + %d queries in %.1f s", args.n, args.dim, len(q), time.perf_counter() - t0)
+    tune_q, eval_q = q[: len(q) // 2], q[len(q) // 2:]
+    result = {"n": args.n, "dim": args.dim, "clusters": args.clusters, "k": k, "queries_eval": len(eval_q),
+              "threads": faiss.omp_get_max_threads()}
+
+    start = time.perf_counter()
+    _, exact = faiss.knn(eval_q, x, k)
+    batched = (time.perf_counter() - start) / len(eval_q) * 1000
+    # exact flat search = faiss.knn over x (what IndexFlatL2 runs, without copying 3.5 GB)
+    single = _time_single(lambda r, kk: faiss.knn(r, x, kk), eval_q[:20], k)
+    result["flat"] = {"recall": 1.0, "ms_per_query_batched": round(batched, 3), "ms_per_query_single": round(single, 3),
+                      "build_seconds": 0.0, "memory_bytes": x.nbytes}
+    log.info("flat: %.2f ms/query batched, %.2f single", batched, single)
+
+    rss0 = _rss_bytes()
+    index = build_index(x, args.kind, queries=tune_q, recall_k=k)
+    rss = _rss_bytes() - rss0
+    start = time.perf_counter()
+    _, ids = index.search(eval_q, k)
+    batched = (time.perf_counter() - start) / len(eval_q) * 1000
+    single = _time_single(index.search, eval_q[:200], k)
+    m = index.manifest
+    result["auto"] = {"kind": m["kind"], "params": m["params"], "recall": round(recall_at_k(ids, exact), 4),
+                      "recall_tuning_queries": m["recall"]["value"], "ms_per_query_batched": round(batched, 3),
+                      "ms_per_query_single": round(single, 3), "build_seconds": m["build_seconds"],
+                      "tune_seconds": m["recall"]["seconds"], "memory_bytes": m["memory_bytes"], "rss_growth_bytes": rss}
+    log.info("%s: %s", m["kind"], result["auto"])
+    del index
+    gc.collect()
+
+    if not args.no_kdtree:
+        start = time.perf_counter()
+        tree = cKDTree(x, leafsize=16)
+        build = time.perf_counter() - start
+        nq = args.kdtree_queries
+        start = time.perf_counter()
+        kd_ids = np.stack([tree.query(r, k=k)[1] for r in eval_q[:nq]])
+        single = (time.perf_counter() - start) / nq * 1000
+        result["kdtree"] = {"recall": round(recall_at_k(kd_ids, exact[:nq]), 4), "ms_per_query_single": round(single, 1),
+                            "queries_timed": nq, "build_seconds": round(build, 2), "memory_bytes": x.nbytes + 8 * args.n}
+        result["speedup_auto_vs_kdtree_single"] = round(single / result["auto"]["ms_per_query_single"], 1)
+        log.info("kdtree: %s", result["kdtree"])
+    return result
+
+
+def bench_p4(args) -> dict:
+    import ray
+
+    from index_builder.corpus import folder_manifest
+    from index_builder.embedder import normalize_spec
+    from index_builder.shard_build import build_embeddings
+    from restore_core.bundled_photos import export_crops
+
+    spec = normalize_spec(args.embedder)
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    out: dict = {"images": args.images, "shard_size": args.shard_size, "embedder": spec["model"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        export_crops(os.path.join(tmp, "photos"), "train", args.images, 128, seed=args.seed)
+        manifest = folder_manifest(os.path.join(tmp, "photos"))
+        for workers in (1, 2):
+            s = build_embeddings(manifest, os.path.join(tmp, f"w{workers}"), spec, workers=workers,
+                                 shard_size=args.shard_size)
+            out[f"workers_{workers}"] = {k: round(s[k], 3) for k in ("images_per_s", "images_per_s_per_worker",
+                                                                      "seconds", "startup_seconds")}
+    out["speedup"] = round(out["workers_2"]["images_per_s"] / out["workers_1"]["images_per_s"], 3)
+    return out
+
+
+def bench_degraded(args) -> dict:
+    import torch
+
+    from index_builder.embedder import load_embedder
+    from index_builder.index import build_index
+    from restore_core.bundled_photos import ALL_PHOTOS, HELDOUT_PHOTOS, random_crops
+    from restore_core.operators import build_operator
+
+    size = 64
+    emb = load_embedder(args.embedder, device="cpu")
+    corpus, sources = [], []
+    for i, name in enumerate(ALL_PHOTOS):
+        crops, _ = random_crops((name,), args.per_photo, size, seed=args.seed * 1000 + i, scales=(0.25, 1.0))
+        corpus.append(crops)
+        sources += [name] * args.per_photo
+    index = build_index(emb.embed(torch.cat(corpus)), "auto", recall_k=args.k)
+    src = np.array(sources)
+    queries, q_src = random_crops(HELDOUT_PHOTOS, args.degraded_queries, size, seed=args.seed + 99, scales=(0.25, 1.0))
+    out = {"embedder": emb.spec, "corpus": len(src), "k": args.k, "queries": len(q_src), "recall": {}}
+    chance = float(np.mean([(src == s).mean() for s in q_src]))
+    out["chance"] = round(chance, 4)
+    for task in ("clean",) + DEGRADED_TASKS:
+        if task == "clean":
+            y = queries
+        else:
+            op = build_operator(task, (3, size, size))
+            with torch.no_grad():
+                y = op.degrade(queries, 0.0, torch.Generator().manual_seed(args.seed))
+        _, ids = index.search(emb.embed(y), args.k)
+        out["recall"][task] = round(float(np.mean([(src[row] == s).mean() for row, s in zip(ids, q_src)])), 4)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    runner = {"p1": bench_p1, "p4": bench_p4, "degraded": bench_degraded}[args.what]
+    result = runner(args)
+    result["command"] = "adir bench index " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                                                       if k in ("what", "n", "dim", "k", "images", "kind"))
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    path = Path(args.output) / f"{args.what}.json"
+    path.write_text(json.dumps(result, indent=1, default=str))
+    print(json.dumps(result, indent=1, default=str))
+    return 0
