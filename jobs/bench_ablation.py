@@ -55,7 +55,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,11 +67,14 @@ ARMS = ("gd", "ia_y", "ia_random", "ia_mse", "adir")
 METHOD_OF = {"gd": "gd", "ia_y": "ia_y", "ia_random": "adir", "ia_mse": "adir", "adir": "adir"}
 RETRIEVAL_OF = {"ia_random": "random", "ia_mse": "mse", "adir": "clip"}
 EXTRA_ARMS = ("bicubic", "shred", "diip", "indi")
+LEADING = ("psnr", "ssim", "lpips", "musiq", "musiq-ava", "heldout_loss", "consistency", "seconds_total",
+           "seconds_retrieve", "seconds_adapt", "seconds_sample")  # first columns of the tables
 HELDOUT_TIMESTEPS = 10  # timesteps (evenly spaced over 0..T-1) of the held-out ℓ_simple
 
 
-def add_common_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``bench ablation`` and ``bench cost``."""
+def add_common_options(p: argparse.ArgumentParser, tuning: bool = True) -> None:
+    """Options shared by ``bench ablation`` and ``bench cost`` (``tuning``: the preset and
+    its steps/iters/lr overrides, which ``bench cost`` replaces by its configurations)."""
     from restore_core.config import PRESETS
 
     p.add_argument("--task", default="sr4", help="degradation (operators.TASKS, params allowed: deblur_gauss:sigma=3)")
@@ -83,10 +86,11 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedder", default=None, help="embedder folder/spec for the default index (default: shipped)")
     p.add_argument("--index", default=None, help="an index folder from `adir build-index` (default: build one)")
     p.add_argument("--corpus", type=int, default=2000, help="training-photo crops in the default index (default 2000)")
-    p.add_argument("--preset", default="fast", choices=tuple(PRESETS), help="base configuration (default fast)")
-    p.add_argument("--steps", type=int, default=None, help="diffusion steps (overrides the preset)")
-    p.add_argument("--iters", type=int, default=None, help="adaptation iterations (overrides the preset)")
-    p.add_argument("--lr", type=float, default=None, help="adaptation learning rate (overrides the preset)")
+    if tuning:
+        p.add_argument("--preset", default="fast", choices=tuple(PRESETS), help="base configuration (default fast)")
+        p.add_argument("--steps", type=int, default=None, help="diffusion steps (overrides the preset)")
+        p.add_argument("--iters", type=int, default=None, help="adaptation iterations (overrides the preset)")
+        p.add_argument("--lr", type=float, default=None, help="adaptation learning rate (overrides the preset)")
     p.add_argument("--k", type=int, default=None, help="K neighbours (default 20, Table 1)")
     p.add_argument("--scale", type=float, default=None, help="guidance scale (default: per-task default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -122,16 +126,19 @@ class BenchSetup:
     cfg: Any  # RestoreConfig
     metric_names: tuple[str, ...]
     device: str
+    retrieved: dict = field(default_factory=dict)  # (image, mode, k, seed) -> (neighbours, seconds)
 
 
-def restore_config(args):
-    """The preset with the command-line overrides (``ConfigError`` on a bad value)."""
+def restore_config(args, preset: str | None = None, extra: list[str] = ()):
+    """``preset`` (default ``args.preset``) with the command-line overrides and ``extra``
+    ``key=value`` strings on top (``ConfigError`` on a bad value)."""
     from restore_core.config import RestoreConfig
 
     overrides = [f"{key}={value}" for key, value in
-                 (("steps", args.steps), ("adapt_iters", args.iters), ("adapt_lr", args.lr), ("k", args.k),
-                  ("guidance_scale", args.scale)) if value is not None]
-    return RestoreConfig.preset(args.preset).with_overrides(overrides + list(args.set))
+                 (("steps", getattr(args, "steps", None)), ("adapt_iters", getattr(args, "iters", None)),
+                  ("adapt_lr", getattr(args, "lr", None)), ("k", args.k), ("guidance_scale", args.scale))
+                 if value is not None]
+    return RestoreConfig.preset(preset or args.preset).with_overrides(overrides + list(args.set) + list(extra))
 
 
 def build_default_index(output: str, n: int, size: int, embedder: str | None, seed: int) -> str:
@@ -154,7 +161,7 @@ def build_default_index(output: str, n: int, size: int, embedder: str | None, se
     return index_dir
 
 
-def prepare(args) -> BenchSetup:
+def prepare(args, cfg=None) -> BenchSetup:
     """Load the prior, cut and degrade the test crops, load or build the index."""
     from index_builder.retrieval import Retriever
     from restore_core import bundled_photos
@@ -165,7 +172,7 @@ def prepare(args) -> BenchSetup:
 
     if args.images <= 0:
         raise ConfigError(f"--images must be > 0, got {args.images}")
-    cfg = restore_config(args)
+    cfg = cfg or restore_config(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_diffusion_model(args.model, device=device)
     size = args.size or model.sample_size
@@ -206,9 +213,21 @@ def heldout_loss(model, gt: torch.Tensor, seed: int) -> float:
     return total / HELDOUT_TIMESTEPS
 
 
+def retrieve(setup: BenchSetup, i: int, mode: str, k: int, seed: int) -> tuple[list[dict], float]:
+    """Neighbours of y_i (cached per image, mode, K and seed) and the seconds they took."""
+    key = (i, mode, k, seed)
+    if key not in setup.retrieved:
+        start = time.perf_counter()
+        found = setup.retriever.neighbours(setup.ys[i], k, mode=mode, seed=seed)
+        setup.retrieved[key] = (found, time.perf_counter() - start)
+    return setup.retrieved[key]
+
+
 def run_arm(setup: BenchSetup, arm: str, i: int, seed: int, cfg=None, weights_dir: str | None = None,
-            save_dir: str | None = None) -> dict:
-    """Restore crop ``i`` with ``arm`` and score it; failures are rows with the error."""
+            save_dir: str | None = None, label: str | None = None) -> dict:
+    """Restore crop ``i`` with ``arm`` (recorded as ``label``, default the arm) and score it;
+    failures are rows with the error. Retrieval time counts in the row's total even when
+    the neighbours come from the cache (``bench cost`` reuses them across configurations)."""
     from restore_core.adaptation import evaluate_after_adaptation
     from restore_core.errors import AdirError
     from restore_core.images import write_png
@@ -218,7 +237,7 @@ def run_arm(setup: BenchSetup, arm: str, i: int, seed: int, cfg=None, weights_di
     cfg = cfg or setup.cfg
     gt = setup.crops[i:i + 1].to(setup.device)
     y = setup.ys[i]
-    record: dict[str, Any] = {"image_id": setup.image_ids[i], "arm": arm, "seed": seed, "status": "ok",
+    record: dict[str, Any] = {"image_id": setup.image_ids[i], "arm": label or arm, "seed": seed, "status": "ok",
                               "error": None, "neighbour_ids": [], "seconds_retrieve": 0.0}
     start = time.perf_counter()
     try:
@@ -228,15 +247,15 @@ def run_arm(setup: BenchSetup, arm: str, i: int, seed: int, cfg=None, weights_di
         else:
             neighbours = None
             if arm in RETRIEVAL_OF:
+                found, seconds = retrieve(setup, i, RETRIEVAL_OF[arm], cfg.k, seed)
                 t0 = time.perf_counter()
-                found = setup.retriever.neighbours(y, cfg.k, mode=RETRIEVAL_OF[arm], seed=seed)
                 neighbours = setup.retriever.fetch(found, size=gt.shape[-1])
                 record["neighbour_ids"] = [n["image_id"] for n in found]
-                record["seconds_retrieve"] = time.perf_counter() - t0
+                record["seconds_retrieve"] = seconds + time.perf_counter() - t0
             with evaluate_after_adaptation(lambda m: {"heldout_loss": heldout_loss(m, gt, seed)}):
                 x, info = restore_one(y, setup.operator, setup.model, cfg, method=METHOD_OF.get(arm, arm),
                                       neighbours=neighbours, seed=seed)
-            if "heldout_loss" not in info and arm != "bicubic":  # no adaptation: the base prior
+            if "heldout_loss" not in info and arm in ARMS:  # gd: no adaptation, the base prior
                 info["heldout_loss"] = heldout_loss(setup.model, gt, seed)
     except AdirError as exc:
         record.update(status="failed", error=str(exc), seconds_total=time.perf_counter() - start)
@@ -249,7 +268,7 @@ def run_arm(setup: BenchSetup, arm: str, i: int, seed: int, cfg=None, weights_di
                                                   "iterations", "adapt_loss_last")})
     record["seconds_total"] = record["seconds_retrieve"] + float(info.get("seconds_total", 0.0))
     if save_dir is not None:
-        write_png(x.cpu(), os.path.join(save_dir, f"{record['image_id']}_{arm}.png"))
+        write_png(x.cpu(), os.path.join(save_dir, f"{record['image_id']}_{record['arm']}.png"))
     return record
 
 
@@ -275,13 +294,14 @@ def summarise(records: list[dict], arms: list[str], reference: str = "gd") -> li
         entry: dict[str, Any] = {"arm": arm, "method": METHOD_OF.get(arm, arm),
                                  "retrieval": RETRIEVAL_OF.get(arm), "n_images": len(ok),
                                  "n_failed": len(rows) - len(ok)}
-        keys = sorted({k for r in ok for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
+        found = {k for r in ok for k, v in r.items() if k not in skip and isinstance(v, (int, float))}
+        keys = [k for k in LEADING if k in found] + sorted(found - set(LEADING))
         for key in keys:
             values = [float(r[key]) for r in ok if r.get(key) is not None and math.isfinite(float(r[key]))]
             entry[key] = float(np.mean(values)) if values else None
         if ok:
             entry["psnr_std"] = float(np.std([r["psnr"] for r in ok]))
-        entry["seconds_per_image"] = entry.pop("seconds_total", None)
+        entry["seconds_per_image"] = entry.pop("seconds_total", None)  # retrieve + adapt + sample
         pairs = [(r["psnr"], ref_psnr[r["image_id"]]) for r in ok if ref_psnr.get(r["image_id"]) is not None]
         if arm != reference and pairs:
             diffs = [a - b for a, b in pairs]

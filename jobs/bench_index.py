@@ -29,6 +29,7 @@ import gc
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -221,8 +222,7 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     runner = {"p1": bench_p1, "p4": bench_p4, "degraded": bench_degraded}[args.what]
     result = runner(args)
-    result["command"] = "adir bench index " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                       if k in ("what", "n", "dim", "k", "images", "kind"))
+    result["command"] = "adir " + " ".join(sys.argv[1:])
     Path(args.output).mkdir(parents=True, exist_ok=True)
     path = Path(args.output) / f"{args.what}.json"
     path.write_text(json.dumps(result, indent=1, default=str))

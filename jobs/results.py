@@ -121,6 +121,15 @@ def write_result(output_uri: str, record: dict) -> str:
     return uri
 
 
+def _record_uris(output_uri: str) -> list[str]:
+    """Record URIs under ``output_uri``, listed fresh: s3fs/gcsfs cache directory listings
+    per process, and records appear while a job runs (written by other processes)."""
+    folder = storage.join(output_uri, RESULTS_DIR)
+    fs, path = storage.filesystem(folder)
+    fs.invalidate_cache(path)
+    return storage.listdir(folder, suffix=".parquet")
+
+
 def _read_one(uri: str) -> pa.Table:
     return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
 
@@ -131,7 +140,7 @@ def read_results(output_uri: str) -> pd.DataFrame:
     Always has the ``RESULT_SCHEMA`` columns (empty when there are no records), plus any
     extra metric columns some record carries (null where another record lacks them).
     """
-    uris = storage.listdir(storage.join(output_uri, RESULTS_DIR), suffix=".parquet")
+    uris = _record_uris(output_uri)
     if not uris:
         return RESULT_SCHEMA.empty_table().to_pandas()
     workers = 1 if storage.is_local(output_uri) else 16  # object stores: overlap round trips
@@ -150,7 +159,7 @@ def completed_ids(output_uri: str, status: str | None = None) -> set[str]:
 
     Without ``status`` this lists file names only (cheap on object stores).
     """
-    uris = storage.listdir(storage.join(output_uri, RESULTS_DIR), suffix=".parquet")
+    uris = _record_uris(output_uri)
     ids = {uri.rsplit("/", 1)[-1][: -len(".parquet")] for uri in uris}
     if status is None or not ids:
         return ids

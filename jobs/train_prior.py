@@ -129,6 +129,7 @@ def main(args: argparse.Namespace) -> int:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".prior-", dir=out.parent))
+        tmp.chmod(0o755)
         ema.store(unet.parameters())
         ema.copy_to(unet.parameters())
         unet.save_pretrained(tmp / "unet", safe_serialization=True)

@@ -15,13 +15,22 @@ batch"; our t is the 0-based training index 0..T−1). The images are either y i
 Crops (``random_crop_batch``): an image whose shorter side is below the crop size is first
 upsampled (bicubic, aspect kept, clamped to [−1, 1]) so that side equals the crop — this
 is how a 16² y of sr4 feeds a 64² prior in eq. 18; larger images are cropped at a uniform
-random position. Each crop is flipped horizontally with probability ½ (the prior's own
-training augmentation). With a learned-variance model (6 output channels) only the first
-C = 3 (ε) channels enter the loss: the paper saw no benefit from including Σ (§3.3).
+random position. Each crop is flipped horizontally with probability ½ (a free
+augmentation that keeps image statistics). With a learned-variance model (6 output
+channels) only the first C = 3 (ε) channels enter the loss: the paper saw no benefit
+from including Σ (§3.3).
 
 Contract: after ``remove_lora`` (or leaving ``lora_adapter``) the UNet holds exactly its
 original modules and tensors — ``state_dict_hash`` is unchanged — so rows never leak
-into each other.
+into each other. The adapter's random init (lora_A; lora_B starts at 0) comes from the
+``seed`` of ``attach_lora`` on a forked RNG, so a row is reproducible and the global RNG
+is untouched. Adapters save/load as safetensors through peft's
+``get_peft_model_state_dict`` / ``set_peft_model_state_dict``.
+``evaluate_after_adaptation`` lets a benchmark measure the adapted model before removal.
+
+Imports torch, peft (lazily) and ``restore_core.errors``; never the samplers or jobs. The
+model argument is a ``restore_core.diffusion_model.DiffusionModel`` (``unet``,
+``schedule.alphas_cumprod``, ``eps``, ``sample_size``, ``device``).
 """
 
 from __future__ import annotations

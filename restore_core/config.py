@@ -28,7 +28,7 @@ class ShredConfig:
     iters: int = 100  # N, Adam iterations on x_T (paper: 50-200)
     lr: float | None = None  # None: 0.003 for SR / deblur, 0.01 for inpaint and cs
     grad: str = "full"  # "full" (through the UNet, as the paper) | "skip-unet" (BIRD code)
-    sphere: bool = True  # project x_T onto the sphere of radius sqrt(C*H*W)
+    sphere: bool = False  # project x_T onto the sphere of radius sqrt(C*H*W) (measured: no gain, see shred.py)
     loss_eps: float = 0.0  # stop when L_IR < loss_eps (0 disables)
     kernel_size: int = 15  # blind deconvolution: kernel estimate size
     kernel_lr: float = 0.01  # blind deconvolution: Adam lr for the kernel

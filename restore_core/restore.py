@@ -83,6 +83,8 @@ def restore_one(y: torch.Tensor, operator, model, cfg: RestoreConfig | None = No
     if image_shape[1:] != (model.sample_size, model.sample_size):
         warnings.append(f"image {image_shape[1]}x{image_shape[2]} differs from the prior's training size "
                         f"{model.sample_size}x{model.sample_size}")
+    if operator is not None:
+        operator = operator.to(model.device)  # buffers (kernels, masks) next to the model
     generator = torch.Generator().manual_seed(int(seed))
     start = time.perf_counter()
     x, info = impl.restore(y.to(model.device), operator, model, cfg,
