@@ -6,12 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test demo clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# torch/torchvision first: on the dev machines these come from local disk.
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[test]'
+	# constraints.txt pins the whole tested stack (pip freeze of a working venv): a fast,
+	# reproducible resolve. Regenerate it after changing dependencies.
+	$(BIN)/pip install -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
