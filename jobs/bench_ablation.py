@@ -69,7 +69,8 @@ RETRIEVAL_OF = {"ia_random": "random", "ia_mse": "mse", "adir": "clip"}
 EXTRA_ARMS = ("bicubic", "shred", "diip", "indi")
 LEADING = ("psnr", "ssim", "lpips", "musiq", "musiq-ava", "heldout_loss", "consistency", "seconds_total",
            "seconds_retrieve", "seconds_adapt", "seconds_sample")  # first columns of the tables
-HELDOUT_TIMESTEPS = 10  # timesteps (evenly spaced over 0..T-1) of the held-out ℓ_simple
+HELDOUT_TIMESTEPS = 10
+TRAIN_SPLIT_SEED_OFFSET = 100_003  # timesteps (evenly spaced over 0..T-1) of the held-out ℓ_simple
 
 
 def add_common_options(p: argparse.ArgumentParser, tuning: bool = True) -> None:
@@ -144,8 +145,6 @@ def restore_config(args, preset: str | None = None, extra: list[str] = ()):
 def build_default_index(output: str, n: int, size: int, embedder: str | None, seed: int) -> str:
     """Export ``n`` training-photo crops to ``<output>/corpus`` and index them (flat, exact)
     with the embedder into ``<output>/index``; returns the index folder."""
-    import pyarrow as pa
-
     from index_builder.embedder import load_embedder, normalize_spec
     from index_builder.shard_build import embed_rows
     from jobs.build_index import write_index_folder
@@ -157,7 +156,7 @@ def build_default_index(output: str, n: int, size: int, embedder: str | None, se
     emb, skipped = embed_rows(load_embedder(spec), [r[0] for r in rows], [r[1] for r in rows])
     if skipped.num_rows:
         log.warning("%d corpus crops could not be read", skipped.num_rows)
-    write_index_folder(index_dir, pa.concat_tables([emb]), spec, kind="flat")
+    write_index_folder(index_dir, emb, spec, kind="flat")
     return index_dir
 
 
@@ -178,8 +177,12 @@ def prepare(args, cfg=None) -> BenchSetup:
     size = args.size or model.sample_size
     model.check_image_shape((model.in_channels, size, size))
     operator = build_operator(args.task, (model.in_channels, size, size)).to(device)
-    photos = bundled_photos.HELDOUT_PHOTOS if args.split == "heldout" else bundled_photos.TRAIN_PHOTOS
-    crops, sources = bundled_photos.random_crops(photos, args.images, size, seed=args.seed)
+    if args.split == "heldout":
+        crops, sources = bundled_photos.random_crops(bundled_photos.HELDOUT_PHOTOS, args.images, size,
+                                                     seed=args.seed)
+    else:  # another seed than the corpus's, or the test crops would be the first corpus crops
+        crops, sources = bundled_photos.random_crops(bundled_photos.TRAIN_PHOTOS, args.images, size,
+                                                     seed=args.seed + TRAIN_SPLIT_SEED_OFFSET)
     image_ids = [f"{photo}-{i:03d}" for i, photo in enumerate(sources)]
     ys = []
     with torch.no_grad():
@@ -399,8 +402,9 @@ def main(args: argparse.Namespace) -> int:
             r = records[-1]
             log.info("[%d/%d] %s %-9s psnr %s  %.1fs", i + 1, len(setup.image_ids), image_id, arm,
                      f"{r['psnr']:.2f}" if r.get("psnr") is not None else r["status"], r.get("seconds_total", 0))
-    table = summarise(records, arms + extras)
-    write_tables(args.output, "ablation", table, records, run_info(args, setup, time.perf_counter() - start))
+        # rewritten after every image, so an interrupted run leaves the tables of the images done
+        table = summarise(records, arms + extras)
+        write_tables(args.output, "ablation", table, records, run_info(args, setup, time.perf_counter() - start))
     print_table(f"ablation: {args.task}, {len(setup.image_ids)} {args.split} crops, steps={setup.cfg.steps}, "
                 f"adapt_iters={setup.cfg.adapt_iters}, lr={setup.cfg.adapt_lr:g}, K={setup.cfg.k}", table)
     print(f"written: {os.path.join(args.output, 'ablation.json')}")

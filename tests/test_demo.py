@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from jobs.cli import main as adir
 from jobs.demo import METHODS, SIZES, TASKS
@@ -15,6 +16,7 @@ from restore_core.bundled_photos import TRAIN_PHOTOS
 from tests.test_report import report_refs
 
 
+@pytest.mark.slow
 def test_tiny_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     code = adir(["demo", "--output", str(out), "--tiny"])
