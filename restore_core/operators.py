@@ -411,6 +411,10 @@ class Mask(Operator):
     def n_measurements(self) -> int:
         return int(self.mask.sum().item()) * self.image_shape[0]
 
+    def degrade(self, x, noise_sigma_255=0.0, generator=None):
+        """y = m ⊙ (x + σn): unobserved pixels carry no measurement, so no noise either."""
+        return super().degrade(x, noise_sigma_255, generator) * self.mask.to(x.dtype)
+
 
 class Jpeg(Operator):
     """``jpeg``: PIL JPEG encode/decode at quality ``q`` per image (non-linear, no adjoint).
