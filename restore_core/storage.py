@@ -136,6 +136,7 @@ def listdir(uri: str, suffix: str | None = None) -> list[str]:
     (empty if the folder does not exist; temporary files of atomic writes are hidden).
     Remote results keep the scheme (``s3://b/k``); local ones are plain paths."""
     fs, path = filesystem(uri)
+    fs.invalidate_cache(path)  # s3fs caches listings per process; results change under us
     if not fs.exists(path):
         return []
     entries = fs.ls(path, detail=True)

@@ -51,9 +51,6 @@ def test_two_image_ablation_writes_its_tables(assets, tmp_path):
     assert run["config"]["steps"] == 5 and run["index"]["count"] == 12
 
 
-@pytest.mark.xfail(strict=True, reason="restore_core/methods/adir.py draws the adaptation seed from the "
-                   "sampling generator, so adapted arms sample with other noise than gd (fix: draw it from a "
-                   "copy of the generator's state)")
 def test_arms_share_the_sampling_seed(assets):
     """With a negligible learning rate every adapted arm must sample exactly what gd samples:
     the paper compares arms at the same seed."""

@@ -7,7 +7,9 @@
 
 Imports the sampler (``guided_sampling``) and the adaptation (``adaptation``); the adapter
 lives only inside ``lora_adapter``, so the base weights are bit-identical afterwards. The
-adaptation seed is drawn from the row's generator, so one seed fixes the whole row.
+adaptation seed is drawn from a *copy* of the row's generator, so one seed fixes the whole
+row and every arm samples with the same noise as ``gd`` (the paper compares arms at the
+same seed).
 Config fields used: adapt_iters, adapt_lr, adapt_batch, adapt_crop, lora_rank, lora_alpha
 (Table 1 / paper 001 defaults), steps, guidance_scale, guidance_mode.
 """
@@ -43,7 +45,7 @@ class GuidedDiffusion:
             x, sample_info = self._sample(y, operator, model, cfg, generator)
         else:
             images = self._adaptation_images(y, model, neighbours)
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            seed = _adaptation_seed(generator)
             with lora_adapter(model, cfg.lora_rank, cfg.lora_alpha) as params:
                 adapt_info = adapt_lora(model, images, params, iters=cfg.adapt_iters, lr=cfg.adapt_lr,
                                         batch_size=cfg.adapt_batch, crop_size=cfg.adapt_crop, seed=seed)
@@ -71,3 +73,12 @@ class GuidedDiffusion:
 register(GuidedDiffusion("gd", None))
 register(GuidedDiffusion("ia_y", "y"))
 register(GuidedDiffusion("adir", "neighbours"))
+
+
+def _adaptation_seed(generator) -> int:
+    """A seed derived from the row's generator without advancing it."""
+    if generator is None:
+        return 0
+    first = generator[0] if isinstance(generator, (list, tuple)) else generator
+    copy = torch.Generator(device=first.device).set_state(first.get_state())
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=copy, device=first.device))
