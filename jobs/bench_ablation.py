@@ -285,11 +285,22 @@ def _bicubic(y: torch.Tensor, operator) -> torch.Tensor:
     return resize(y, tuple(operator.image_shape[1:]))
 
 
+def paired_gain(records: list[dict], arm: str, other: str) -> dict | None:
+    """Paired PSNR difference ``arm − other`` over the images both restored: mean, its
+    standard error (so a reader can tell a few tenths of a dB from noise), wins and n."""
+    ref = {r["image_id"]: r.get("psnr") for r in records if r["arm"] == other and r["status"] == "ok"}
+    diffs = [r["psnr"] - ref[r["image_id"]] for r in records
+             if r["arm"] == arm and r["status"] == "ok" and ref.get(r["image_id"]) is not None]
+    if not diffs:
+        return None
+    se = float(np.std(diffs, ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else None
+    return {"gain": float(np.mean(diffs)), "se": se, "wins": int(sum(d > 0 for d in diffs)), "n": len(diffs)}
+
+
 def summarise(records: list[dict], arms: list[str], reference: str = "gd") -> list[dict]:
     """One object per arm: means over its successful rows, paired PSNR difference to
     ``reference`` on the images both restored."""
     skip = {"image_id", "arm", "seed", "status", "error", "neighbour_ids"}
-    ref_psnr = {r["image_id"]: r.get("psnr") for r in records if r["arm"] == reference and r["status"] == "ok"}
     table = []
     for arm in arms:
         rows = [r for r in records if r["arm"] == arm]
@@ -305,12 +316,16 @@ def summarise(records: list[dict], arms: list[str], reference: str = "gd") -> li
         if ok:
             entry["psnr_std"] = float(np.std([r["psnr"] for r in ok]))
         entry["seconds_per_image"] = entry.pop("seconds_total", None)  # retrieve + adapt + sample
-        pairs = [(r["psnr"], ref_psnr[r["image_id"]]) for r in ok if ref_psnr.get(r["image_id"]) is not None]
-        if arm != reference and pairs:
-            diffs = [a - b for a, b in pairs]
-            entry[f"psnr_gain_vs_{reference}"] = float(np.mean(diffs))
-            entry[f"wins_vs_{reference}"] = int(sum(d > 0 for d in diffs))
-            entry["n_paired"] = len(diffs)
+        if arm != reference:
+            gain = paired_gain(records, arm, reference)
+            if gain:
+                entry[f"psnr_gain_vs_{reference}"] = gain["gain"]
+                entry[f"psnr_gain_se_vs_{reference}"] = gain["se"]
+                entry[f"wins_vs_{reference}"] = gain["wins"]
+                entry["n_paired"] = gain["n"]
+        if arm == "adir":
+            entry["paired"] = {other: g for other in arms if other not in (arm, reference)
+                               for g in [paired_gain(records, arm, other)] if g}
         errors = sorted({r["error"] for r in rows if r["error"]})
         if errors:
             entry["errors"] = errors[:3]
@@ -363,13 +378,17 @@ def print_table(title: str, table: list[dict], key: str = "arm") -> None:
     cols = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.3f}"), ("lpips", "LPIPS", "{:.3f}"),
             ("musiq", "MUSIQ", "{:.1f}"), ("piqe", "PIQE", "{:.1f}"), ("heldout_loss", "l_simple", "{:.4f}"),
             ("consistency", "cons", "{:.2f}"), ("psnr_gain_vs_gd", "dPSNR", "{:+.2f}"),
-            ("wins_vs_gd", "wins", "{}"), ("seconds_per_image", "s/img", "{:.1f}")]
+            ("psnr_gain_se_vs_gd", "+-se", "{:.2f}"), ("wins_vs_gd", "wins", "{}"), ("seconds_per_image", "s/img", "{:.1f}")]
     cols = [c for c in cols if any(t.get(c[0]) is not None for t in table)]
     print(title)
     print(f"{key:<12} {'n':>3} " + " ".join(f"{h:>9}" for _, h, _ in cols))
     for t in table:
         cells = [(fmt.format(t[k]) if t.get(k) is not None else "-") for k, _, fmt in cols]
         print(f"{t[key]:<12} {t['n_images']:>3} " + " ".join(f"{c:>9}" for c in cells))
+    for t in table:
+        for other, g in (t.get("paired") or {}).items():
+            se = f" +- {g['se']:.2f}" if g["se"] is not None else ""
+            print(f"{t[key]} vs {other}: {g['gain']:+.2f}{se} dB, {g['wins']} wins of {g['n']}")
 
 
 def main(args: argparse.Namespace) -> int:

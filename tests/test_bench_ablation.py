@@ -49,6 +49,25 @@ def test_two_image_ablation_writes_its_tables(assets, tmp_path):
     assert pq.read_table(out / "ablation.parquet").num_rows == 6
     run = json.loads((out / "ablation_run.json").read_text())
     assert run["config"]["steps"] == 5 and run["index"]["count"] == 12
+    adir_entry = next(t for t in table if t["arm"] == "adir")
+    assert set(adir_entry["paired"]) == {"ia_y", "ia_random", "ia_mse", "bicubic"}
+    assert adir_entry["n_paired"] == 2 and adir_entry["psnr_gain_se_vs_gd"] is not None
+
+
+def test_paired_gain_is_mean_difference_with_standard_error():
+    from jobs.bench_ablation import paired_gain
+
+    def rec(arm, image, psnr, status="ok"):
+        return {"arm": arm, "image_id": image, "psnr": psnr, "status": status}
+
+    records = [rec("gd", "a", 20.0), rec("gd", "b", 22.0), rec("gd", "c", 24.0), rec("gd", "d", 30.0, "failed"),
+               rec("adir", "a", 21.0), rec("adir", "b", 21.0), rec("adir", "c", 27.0), rec("adir", "d", 31.0)]
+    g = paired_gain(records, "adir", "gd")
+    # only a, b, c are paired (gd failed on d): differences +1, -1, +3
+    assert g["n"] == 3 and g["wins"] == 2
+    assert g["gain"] == pytest.approx(1.0)
+    assert g["se"] == pytest.approx(2.0 / math.sqrt(3))
+    assert paired_gain(records, "adir", "ia_y") is None
 
 
 def test_arms_share_the_sampling_seed(assets):
