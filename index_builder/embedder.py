@@ -30,23 +30,37 @@ from restore_core.errors import InputError, ModelLoadError
 from restore_core.images import center_crop
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_EMBEDDER_DIR = REPO_ROOT / "models" / "embedder"
-# H-models ships models/embedder/{adir-tiny.json, open_clip_model.safetensors} (jobs/train_embedder.py).
+SHIPPED_MODELS = REPO_ROOT / "models"
+DEFAULT_EMBEDDER_DIR = SHIPPED_MODELS / "embedder"
+# ``shipped:<path>`` names a file under the repo's models/ folder wherever the repo is checked
+# out, so an index built with the shipped embedder (its embedder.json) loads on another machine.
+SHIPPED_PREFIX = "shipped:"
+# models/embedder/{adir-tiny.json, open_clip_model.safetensors} come from jobs/train_embedder.py.
 DEFAULT_EMBEDDER: dict[str, Any] = {
     "model": "adir-tiny",
-    "pretrained": str(DEFAULT_EMBEDDER_DIR / "open_clip_model.safetensors"),
-    "config": str(DEFAULT_EMBEDDER_DIR / "adir-tiny.json"),
+    "pretrained": SHIPPED_PREFIX + "embedder/open_clip_model.safetensors",
+    "config": SHIPPED_PREFIX + "embedder/adir-tiny.json",
 }
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 def _resolve(path: str | None) -> str | None:
-    """A local path for a local or remote (fsspec) file; None stays None."""
+    """A local path for a local, ``shipped:`` or remote (fsspec) file; None stays None."""
     if path is None:
         return None
+    if path.startswith(SHIPPED_PREFIX):
+        return str(SHIPPED_MODELS / path[len(SHIPPED_PREFIX):])
     if "://" in path and not path.startswith("file://"):
         return storage.fetch_to_local(path)
     return storage.local_path(path)
+
+
+def _portable(path: Path) -> str:
+    """``shipped:<rel>`` for a file under the repo's models/ folder, else the absolute path."""
+    try:
+        return SHIPPED_PREFIX + path.resolve().relative_to(SHIPPED_MODELS).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def spec_from_dir(directory: str) -> dict[str, Any]:
@@ -60,7 +74,7 @@ def spec_from_dir(directory: str) -> dict[str, Any]:
     if not configs or not weights:
         raise ModelLoadError(f"embedder folder {directory} needs an open_clip model config <name>.json and a "
                              f"weights file ({', '.join(WEIGHT_SUFFIXES)}); found {sorted(p.name for p in d.iterdir())}")
-    return {"model": configs[0].stem, "pretrained": str(weights[0]), "config": str(configs[0])}
+    return {"model": configs[0].stem, "pretrained": _portable(weights[0]), "config": _portable(configs[0])}
 
 
 def normalize_spec(spec: dict | str | None) -> dict[str, Any]:

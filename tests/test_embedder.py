@@ -17,6 +17,8 @@ def tiny_spec(tmp_path_factory):
 @pytest.mark.parametrize("as_folder", [False, True])
 def test_embeddings_are_unit_float32_and_reproducible(tiny_spec, as_folder):
     spec = str(tiny_spec["pretrained"]).rsplit("/", 1)[0] if as_folder else tiny_spec
+    if as_folder:
+        assert normalize_spec(spec)["pretrained"] == tiny_spec["pretrained"]
     emb = load_embedder(spec, device="cpu", batch_size=2)
     photo = load_photo("chelsea")
     x = torch.cat([photo[..., :64, :64], photo[..., 100:164, 100:164], photo[..., 50:114, 0:64]])

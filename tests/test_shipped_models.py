@@ -75,3 +75,8 @@ def test_shipped_embedder_through_index_builder():
     x, _ = random_crops(HELDOUT_PHOTOS, 2, 64, seed=1)
     z = emb.embed(x)
     assert z.shape[0] == 2 and abs(float((z ** 2).sum(1).mean()) - 1) < 1e-4
+    # the spec an index records names the shipped files relative to the checkout, so the
+    # index loads wherever the repo lives; any other folder keeps its absolute path
+    spec = embedder.normalize_spec(str(EMBEDDER_DIR))
+    assert spec == embedder.normalize_spec(None)
+    assert all(v.startswith("shipped:embedder/") for k, v in spec.items() if k != "model")
