@@ -33,7 +33,10 @@ noises per image — data consistency ‖A x̂ − y‖/√m (0–255), seconds 
 and the paired PSNR difference to ``gd`` (mean, and images where the arm beats gd).
 ``ablation_rows.parquet`` has one row per image and arm; ``ablation_run.json`` the exact
 command, configuration, model/embedder/index provenance and machine; ``images/`` the
-restored crops.
+restored crops. The tables are rewritten after every image, and a rerun into the same
+``--output`` resumes: rows whose inputs are unchanged (:data:`RESUME_KEYS`) are reused, so
+an overnight run cut short loses at most one image; other inputs are an error unless
+``--overwrite``.
 
 Configuration: ``--preset`` (``fast`` by default: respaced steps and short adaptation, see
 ``RestoreConfig.PRESETS``; ``paper`` is Table 1) with ``--steps``, ``--iters``, ``--lr``,
@@ -111,6 +114,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-arms", default=None,
                    help=f"comma-separated extra arms from {', '.join(EXTRA_ARMS)} (default: bicubic for SR tasks)")
     p.add_argument("--save-images", type=int, default=8, help="write restored PNGs for the first N crops")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over instead of resuming the rows a previous run left in --output")
 
 
 # ---- setup shared with bench cost ---------------------------------------------------------
@@ -160,6 +165,23 @@ def build_default_index(output: str, n: int, size: int, embedder: str | None, se
     return index_dir
 
 
+def default_index(args, size: int) -> str:
+    """``<output>/index`` as a previous run built it (same corpus size and embedder, no
+    ``--overwrite``), else built anew."""
+    from index_builder.embedder import normalize_spec
+
+    index_dir = os.path.join(args.output, "index")
+    manifest_path = os.path.join(index_dir, "index.json")
+    embedder_path = os.path.join(index_dir, "embedder.json")
+    if not getattr(args, "overwrite", False) and os.path.exists(manifest_path) and os.path.exists(embedder_path):
+        with open(manifest_path) as f, open(embedder_path) as g:
+            same = json.load(f)["count"] == args.corpus and json.load(g) == normalize_spec(args.embedder)
+        if same:
+            log.info("reusing the index a previous run built: %s", index_dir)
+            return index_dir
+    return build_default_index(args.output, args.corpus, size, args.embedder, args.seed)
+
+
 def prepare(args, cfg=None) -> BenchSetup:
     """Load the prior, cut and degrade the test crops, load or build the index."""
     from index_builder.retrieval import Retriever
@@ -190,7 +212,7 @@ def prepare(args, cfg=None) -> BenchSetup:
             ys.append(operator.degrade(crops[i:i + 1].to(device), args.noise,
                                        torch.Generator().manual_seed(args.seed + i)))
     start = time.perf_counter()
-    index = args.index or build_default_index(args.output, args.corpus, size, args.embedder, args.seed)
+    index = args.index or default_index(args, size)
     retriever = Retriever.load(index, device=device)
     index_info = {"index": index, "built": args.index is None, "count": retriever.index.count,
                   "kind": retriever.index.kind, "embedder": retriever.embedder_spec,
@@ -365,13 +387,46 @@ def run_info(args, setup: BenchSetup, seconds: float) -> dict:
     return {
         "command": "adir " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None,
         "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-        "config": setup.cfg.to_dict(), "task": args.task, "noise_sigma": args.noise, "seed": args.seed,
+        "config": setup.cfg.to_dict(), "task": args.task, "split": args.split, "noise_sigma": args.noise,
+        "seed": args.seed,
         "images": setup.image_ids, "prior": setup.model.spec, "prior_training": prior_training,
         "index": setup.index_info, "metrics": list(setup.metric_names), "device": device,
         "cpu_threads": torch.get_num_threads(), "machine": platform.node(), "platform": platform.platform(),
         "torch": torch.__version__, "wall_seconds": round(seconds, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+# What a run's rows depend on: a rerun resumes them only when all of these are unchanged.
+RESUME_KEYS = ("task", "split", "noise_sigma", "seed", "images", "config", "prior", "metrics")
+RESUME_INDEX_KEYS = ("count", "kind", "embedder")
+
+
+def previous_rows(output: str, run: dict) -> dict[tuple[str, str], dict]:
+    """The successful rows of an interrupted (or shorter) run in ``output``, keyed by
+    (image_id, arm), when that run's inputs equal ``run``'s; ``ConfigError`` naming the
+    differences otherwise (nothing is silently mixed or thrown away)."""
+    import pyarrow.parquet as pq
+
+    from restore_core.errors import ConfigError
+
+    rows_path, run_path = os.path.join(output, "ablation_rows.parquet"), os.path.join(output, "ablation_run.json")
+    if not (os.path.exists(rows_path) and os.path.exists(run_path)):
+        return {}
+    with open(run_path) as f:
+        before = json.load(f)
+
+    def canon(x):
+        return json.loads(json.dumps(x, default=str))
+
+    differs = [k for k in RESUME_KEYS if canon(before.get(k)) != canon(run.get(k))]
+    differs += [f"index.{k}" for k in RESUME_INDEX_KEYS
+                if canon((before.get("index") or {}).get(k)) != canon(run["index"].get(k))]
+    if differs:
+        raise ConfigError(f"{output} holds rows of a run with other inputs ({', '.join(differs)} differ); "
+                          f"pass --overwrite to start over or choose another --output")
+    rows = pq.read_table(rows_path).to_pylist()
+    return {(r["image_id"], r["arm"]): r for r in rows if r["status"] == "ok"}
 
 
 def print_table(title: str, table: list[dict], key: str = "arm") -> None:
@@ -409,6 +464,9 @@ def main(args: argparse.Namespace) -> int:
              setup.cfg.steps, setup.cfg.adapt_iters, setup.cfg.adapt_lr, setup.cfg.k)
     image_dir = os.path.join(args.output, "images")
     os.makedirs(image_dir, exist_ok=True)
+    done = {} if args.overwrite else previous_rows(args.output, run_info(args, setup, 0.0))
+    if done:
+        log.info("resuming: %d rows of a previous run are reused (--overwrite starts over)", len(done))
     records = []
     for i, image_id in enumerate(setup.image_ids):
         from restore_core.images import write_png
@@ -417,6 +475,9 @@ def main(args: argparse.Namespace) -> int:
         if save:
             write_png(setup.crops[i:i + 1], os.path.join(image_dir, f"{image_id}_gt.png"))
         for arm in arms + extras:
+            if (image_id, arm) in done:
+                records.append(done[(image_id, arm)])
+                continue
             records.append(run_arm(setup, arm, i, args.seed + i, weights_dir=args.metrics_weights, save_dir=save))
             r = records[-1]
             log.info("[%d/%d] %s %-9s psnr %s  %.1fs", i + 1, len(setup.image_ids), image_id, arm,

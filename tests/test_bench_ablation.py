@@ -99,3 +99,29 @@ def test_cost_compares_configurations_on_the_same_images(assets, tmp_path):
     assert table[0]["speedup_vs_slow"] == 1.0 and table[1]["speedup_vs_slow"] > 0
     assert math.isfinite(table[1]["psnr_delta_vs_slow"]) and "meets_goal" in table[1]
     assert len(pq.read_table(out / "cost_rows.parquet")) == 2
+
+
+def test_rerun_resumes_the_rows_an_interrupted_run_left(assets, tmp_path):
+    prior, embedder = assets
+    out = tmp_path / "bench"
+    argv = ["bench", "ablation", "--task", "deblur_box5", "--images", "2", "--iters", "1", "--steps", "3",
+            "--k", "3", "--corpus", "8", "--arms", "gd,adir", "--model", prior, "--embedder", embedder,
+            "--output", str(out)]
+    assert adir(argv) == 0
+    full = pq.read_table(out / "ablation_rows.parquet").to_pylist()
+    table = json.loads((out / "ablation.json").read_text())
+    # an interruption after the first image: only its rows are on disk
+    first = [r for r in full if r["image_id"] == full[0]["image_id"]]
+    pq.write_table(pq.read_table(out / "ablation_rows.parquet").slice(0, len(first)), out / "ablation_rows.parquet")
+    assert adir(argv) == 0
+    again = pq.read_table(out / "ablation_rows.parquet").to_pylist()
+    assert [(r["image_id"], r["arm"]) for r in again] == [(r["image_id"], r["arm"]) for r in full]
+    # the first image's rows were reused as written (timings included), the second recomputed to the same PSNR
+    assert again[:len(first)] == first
+    assert [r["psnr"] for r in again] == pytest.approx([r["psnr"] for r in full], abs=1e-4)
+    assert json.loads((out / "ablation.json").read_text())[0]["psnr"] == pytest.approx(table[0]["psnr"], abs=1e-4)
+    # other inputs into the same folder: a clear error, and --overwrite starts over
+    changed = argv[:argv.index("--steps") + 1] + ["4"] + argv[argv.index("--steps") + 2:]
+    assert adir(changed) == 2
+    assert adir(changed + ["--overwrite"]) == 0
+    assert json.loads((out / "ablation_run.json").read_text())["config"]["steps"] == 4
