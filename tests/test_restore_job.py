@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 
 import pandas as pd
@@ -25,22 +24,8 @@ def _records(out) -> list[str]:
     return sorted(os.listdir(os.path.join(out, RESULTS_DIR)))
 
 
-def _when_records(out, n: int, action, timeout: float = 240.0) -> threading.Thread:
-    """Call ``action(first_record_df)`` once ``n`` result records exist under ``out``."""
-    def watch():
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            folder = os.path.join(out, RESULTS_DIR)
-            if os.path.isdir(folder) and len([f for f in os.listdir(folder) if f.endswith(".parquet")]) >= n:
-                action(read_results(str(out)))
-                return
-            time.sleep(0.05)
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
-def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, tmp_path, capsys):  # noqa: F811
+def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, tmp_path, capsys,  # noqa: F811
+                                monkeypatch):
     rows = (manifest_rows(photo_dir, "sr4", "adir", n=3) + manifest_rows(photo_dir, "colorize", "gd", n=3)
             + manifest_rows(photo_dir, "deblur_box5", "adir", n=2, noise_sigma=5.0))
     manifest = write_manifest_file(rows, tmp_path / "m.parquet")
@@ -48,10 +33,21 @@ def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, 
     sets = ["steps=4", "adapt_iters=2", "adapt_batch=2", "k=2", "lora_rank=2", "lora_alpha=2",
             "metrics=psnr,ssim", "cpus_per_worker=0.5", f"index={tiny_index}"]
 
-    # 1. interrupted run: Ctrl-C (SIGINT) as soon as the first row has committed
-    _when_records(out, 1, lambda df: os.kill(os.getpid(), signal.SIGINT))
+    # 1. interrupted run: a real Ctrl-C (SIGINT to this process) as soon as the driver has
+    # counted the first committed row. Sent from the driver loop itself, not from a watcher
+    # thread, so a fast machine cannot finish every row before the signal lands.
+    from jobs import restore_job
+
+    update = restore_job.Progress.update
+
+    def interrupt_after_first(self, ok):
+        update(self, ok)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(restore_job.Progress, "update", interrupt_after_first)
     with pytest.raises(KeyboardInterrupt):
         run_restore(capsys, manifest, str(out), "--workers", "1", prior=tiny_prior, sets=sets)
+    monkeypatch.undo()
     capsys.readouterr()
     before = read_results(str(out))
     assert 1 <= len(before) < len(rows), "the interrupt must land mid-run"
@@ -123,21 +119,30 @@ def test_outputs_do_not_depend_on_worker_count(ray_cluster, tiny_prior, tiny_ind
         assert one == two, r["image_id"]
 
 
-def test_killed_worker_every_row_exactly_once(ray_cluster, tiny_prior, photo_dir, tmp_path, capsys):  # noqa: F811
+def test_killed_worker_every_row_exactly_once(ray_cluster, tiny_prior, photo_dir, tmp_path, capsys,  # noqa: F811
+                                             monkeypatch):
     rows = manifest_rows(photo_dir, "sr4", "gd", n=4) + manifest_rows(photo_dir, "colorize", "gd", n=4)
     manifest = write_manifest_file(rows, tmp_path / "m.parquet")
     out = tmp_path / "out"
     killed = []
+    from jobs import restore_job
 
-    def kill_first_worker(df):
-        pid = int(df["worker_pid"].iloc[0])
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
+    update = restore_job.Progress.update
 
-    _when_records(out, 1, kill_first_worker)
+    def kill_first_worker(self, ok):
+        """SIGKILL the worker of the first committed row, from the driver loop: the other
+        rows are still queued or in flight, whatever the machine's speed."""
+        update(self, ok)
+        if not killed:
+            pid = int(read_results(str(out))["worker_pid"].iloc[0])
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    monkeypatch.setattr(restore_job.Progress, "update", kill_first_worker)
     code, stdout, stderr = run_restore(capsys, manifest, str(out), prior=tiny_prior,
                                        sets=["steps=8", "metrics=psnr", "cpus_per_worker=0.5"])
-    assert killed, ("the watcher never saw a record", code, stdout, stderr)
+    monkeypatch.undo()
+    assert killed, ("no row ever completed", code, stdout, stderr)
     assert code == 0, stdout + stderr
     df = read_results(str(out))
     assert sorted(df["image_id"]) == sorted(r["image_id"] for r in rows)  # none lost, none twice
