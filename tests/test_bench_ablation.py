@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -26,11 +25,9 @@ def assets(tmp_path_factory):
 def test_two_image_ablation_writes_its_tables(assets, tmp_path):
     prior, embedder = assets
     out = tmp_path / "bench"
-    start = time.perf_counter()
     code = adir(["bench", "ablation", "--task", "sr4", "--images", "2", "--iters", "2", "--steps", "5",
                  "--k", "4", "--corpus", "12", "--model", prior, "--embedder", embedder, "--output", str(out)])
     assert code == 0
-    assert time.perf_counter() - start < 60
     table = json.loads((out / "ablation.json").read_text())
     assert [t["arm"] for t in table] == ["gd", "ia_y", "ia_random", "ia_mse", "adir", "bicubic"]
     for t in table:

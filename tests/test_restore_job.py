@@ -43,10 +43,10 @@ def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, 
         update(self, ok)
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(restore_job.Progress, "update", interrupt_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        run_restore(capsys, manifest, str(out), "--workers", "1", prior=tiny_prior, sets=sets)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(restore_job.Progress, "update", interrupt_after_first)
+        with pytest.raises(KeyboardInterrupt):
+            run_restore(capsys, manifest, str(out), "--workers", "1", prior=tiny_prior, sets=sets)
     capsys.readouterr()
     before = read_results(str(out))
     assert 1 <= len(before) < len(rows), "the interrupt must land mid-run"
@@ -137,10 +137,10 @@ def test_killed_worker_every_row_exactly_once(ray_cluster, tiny_prior, photo_dir
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    monkeypatch.setattr(restore_job.Progress, "update", kill_first_worker)
-    code, stdout, stderr = run_restore(capsys, manifest, str(out), prior=tiny_prior,
-                                       sets=["steps=8", "metrics=psnr", "cpus_per_worker=0.5"])
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(restore_job.Progress, "update", kill_first_worker)
+        code, stdout, stderr = run_restore(capsys, manifest, str(out), prior=tiny_prior,
+                                           sets=["steps=8", "metrics=psnr", "cpus_per_worker=0.5"])
     assert killed, ("no row ever completed", code, stdout, stderr)
     assert code == 0, stdout + stderr
     df = read_results(str(out))

@@ -12,7 +12,6 @@ import io
 import json
 import socket
 import threading
-import time
 
 import fsspec
 import pyarrow.parquet as pq
@@ -88,27 +87,27 @@ def test_restore_on_s3(ray_cluster, tiny_prior, photo_dir, s3, capsys):  # noqa:
     assert json.loads(s3.cat("outputs/job/summary.json"))["ok"] == 4
 
 
-def test_s3_server_stopped_mid_run(ray_cluster, tiny_prior, photo_dir, s3_server, s3, capsys):  # noqa: F811
+def test_s3_server_stopped_mid_run(ray_cluster, tiny_prior, photo_dir, s3_server, s3, capsys,  # noqa: F811
+                                  monkeypatch):
     server, port, _ = s3_server
     manifest = _upload_job(s3, photo_dir, "fault", 4)
     out = "s3://outputs/fault"
     stopped = threading.Event()
+    from jobs import restore_job
 
-    def stop_after_first_record():
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                if s3.glob("outputs/fault/results/*.parquet"):
-                    server.stop()
-                    stopped.set()
-                    return
-                s3.invalidate_cache()
-            except Exception:  # noqa: BLE001 - the bucket folder may not exist yet
-                pass
-            time.sleep(0.05)
+    update = restore_job.Progress.update
 
-    threading.Thread(target=stop_after_first_record, daemon=True).start()
-    code, stdout, stderr = run_restore(capsys, manifest, out, prior=tiny_prior, sets=SETS)
+    def stop_after_first_record(self, ok):
+        """Take the server down once the driver has counted the first committed row: the
+        other rows are still queued or in flight, however fast the machine is."""
+        update(self, ok)
+        if not stopped.is_set():
+            server.stop()
+            stopped.set()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(restore_job.Progress, "update", stop_after_first_record)
+        code, stdout, stderr = run_restore(capsys, manifest, out, prior=tiny_prior, sets=SETS)
     assert stopped.is_set(), "the server was never stopped"
     assert code == 3, stdout + stderr
     assert "rows failed" in stdout
