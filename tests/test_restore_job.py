@@ -43,10 +43,15 @@ def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, 
         update(self, ok)
         os.kill(os.getpid(), signal.SIGINT)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(restore_job.Progress, "update", interrupt_after_first)
-        with pytest.raises(KeyboardInterrupt):
-            run_restore(capsys, manifest, str(out), "--workers", "1", prior=tiny_prior, sets=sets)
+    # Python's own Ctrl-C handler, whatever an earlier test or library installed for SIGINT
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(restore_job.Progress, "update", interrupt_after_first)
+            with pytest.raises(KeyboardInterrupt):
+                run_restore(capsys, manifest, str(out), "--workers", "1", prior=tiny_prior, sets=sets)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     capsys.readouterr()
     before = read_results(str(out))
     assert 1 <= len(before) < len(rows), "the interrupt must land mid-run"
