@@ -5,10 +5,12 @@
 * ``photo_dir``: 32×32 crops of bundled held-out photos as PNGs.
 * ``tiny_index``: a retrieval index over a few crops of training photos (index_builder).
 * ``run_restore``: runs the ``adir`` CLI in-process and returns (exit code, stdout, stderr).
+* ``after_first_row``: a fault (Ctrl-C, killed worker, storage down) injected mid-run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pandas as pd
@@ -90,3 +92,24 @@ def run_restore(capsys, manifest: str, output: str, *extra: str, prior: str | No
     code = main(argv + list(extra))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@contextlib.contextmanager
+def after_first_row(monkeypatch, action):
+    """Call ``action()`` once from the driver loop of ``adir restore``, right after it has
+    counted the first committed row: the other rows are then still queued or in flight,
+    however fast the machine is (a watcher thread polling for records can be outrun)."""
+    from jobs import restore_job
+
+    update = restore_job.Progress.update
+    fired = []
+
+    def update_then_act(self, ok):
+        update(self, ok)
+        if not fired:
+            fired.append(True)
+            action()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(restore_job.Progress, "update", update_then_act)
+        yield

@@ -110,7 +110,9 @@ def test_rerun_resumes_the_rows_an_interrupted_run_left(assets, tmp_path):
     # an interruption after the first image: only its rows are on disk
     first = [r for r in full if r["image_id"] == full[0]["image_id"]]
     pq.write_table(pq.read_table(out / "ablation_rows.parquet").slice(0, len(first)), out / "ablation_rows.parquet")
+    index_built = (out / "index" / "index.json").stat().st_mtime_ns
     assert adir(argv) == 0
+    assert (out / "index" / "index.json").stat().st_mtime_ns == index_built  # its own index reused, not rebuilt
     again = pq.read_table(out / "ablation_rows.parquet").to_pylist()
     assert [(r["image_id"], r["arm"]) for r in again] == [(r["image_id"], r["arm"]) for r in full]
     # the first image's rows were reused as written (timings included), the second recomputed to the same PSNR

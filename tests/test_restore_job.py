@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from jobs.results import RESULTS_DIR, read_results
-from tests.jobs_fixtures import (manifest_rows, photo_dir, ray_cluster, run_restore, tiny_index,  # noqa: F401
-                                 tiny_prior, write_manifest_file)
+from tests.jobs_fixtures import (after_first_row, manifest_rows, photo_dir, ray_cluster,  # noqa: F401
+                                 run_restore, tiny_index, tiny_prior, write_manifest_file)
 
 
 def _records(out) -> list[str]:
@@ -33,21 +33,11 @@ def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, 
             "metrics=psnr,ssim", "cpus_per_worker=0.5", f"index={tiny_index}"]
 
     # 1. interrupted run: a real Ctrl-C (SIGINT to this process) as soon as the driver has
-    # counted the first committed row. Sent from the driver loop itself, not from a watcher
-    # thread, so a fast machine cannot finish every row before the signal lands.
-    from jobs import restore_job
-
-    update = restore_job.Progress.update
-
-    def interrupt_after_first(self, ok):
-        update(self, ok)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    # Python's own Ctrl-C handler, whatever an earlier test or library installed for SIGINT
+    # counted the first committed row, with Python's own Ctrl-C handler installed (a shell
+    # that starts a background job hands Python SIGINT ignored)
     previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with monkeypatch.context() as patch:
-            patch.setattr(restore_job.Progress, "update", interrupt_after_first)
+        with after_first_row(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGINT)):
             with pytest.raises(KeyboardInterrupt):
                 run_restore(capsys, manifest, str(out), "--workers", "1", prior=tiny_prior, sets=sets)
     finally:
@@ -129,21 +119,13 @@ def test_killed_worker_every_row_exactly_once(ray_cluster, tiny_prior, photo_dir
     manifest = write_manifest_file(rows, tmp_path / "m.parquet")
     out = tmp_path / "out"
     killed = []
-    from jobs import restore_job
 
-    update = restore_job.Progress.update
+    def kill_first_worker():
+        pid = int(read_results(str(out))["worker_pid"].iloc[0])
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
 
-    def kill_first_worker(self, ok):
-        """SIGKILL the worker of the first committed row, from the driver loop: the other
-        rows are still queued or in flight, whatever the machine's speed."""
-        update(self, ok)
-        if not killed:
-            pid = int(read_results(str(out))["worker_pid"].iloc[0])
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(restore_job.Progress, "update", kill_first_worker)
+    with after_first_row(monkeypatch, kill_first_worker):
         code, stdout, stderr = run_restore(capsys, manifest, str(out), prior=tiny_prior,
                                            sets=["steps=8", "metrics=psnr", "cpus_per_worker=0.5"])
     assert killed, ("no row ever completed", code, stdout, stderr)

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from jobs.results import read_results
-from tests.jobs_fixtures import manifest_rows, photo_dir, ray_cluster, run_restore, tiny_prior  # noqa: F401
+from tests.jobs_fixtures import (after_first_row, manifest_rows, photo_dir, ray_cluster, run_restore,  # noqa: F401
+                                 tiny_prior)
 
 SETS = ["steps=2", "metrics=psnr", "cpus_per_worker=0.5"]
 
@@ -93,20 +94,12 @@ def test_s3_server_stopped_mid_run(ray_cluster, tiny_prior, photo_dir, s3_server
     manifest = _upload_job(s3, photo_dir, "fault", 4)
     out = "s3://outputs/fault"
     stopped = threading.Event()
-    from jobs import restore_job
 
-    update = restore_job.Progress.update
+    def stop_server():
+        server.stop()
+        stopped.set()
 
-    def stop_after_first_record(self, ok):
-        """Take the server down once the driver has counted the first committed row: the
-        other rows are still queued or in flight, however fast the machine is."""
-        update(self, ok)
-        if not stopped.is_set():
-            server.stop()
-            stopped.set()
-
-    with monkeypatch.context() as patch:
-        patch.setattr(restore_job.Progress, "update", stop_after_first_record)
+    with after_first_row(monkeypatch, stop_server):
         code, stdout, stderr = run_restore(capsys, manifest, out, prior=tiny_prior, sets=SETS)
     assert stopped.is_set(), "the server was never stopped"
     assert code == 3, stdout + stderr
