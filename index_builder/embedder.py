@@ -35,7 +35,7 @@ DEFAULT_EMBEDDER_DIR = SHIPPED_MODELS / "embedder"
 # ``shipped:<path>`` names a file under the repo's models/ folder wherever the repo is checked
 # out, so an index built with the shipped embedder (its embedder.json) loads on another machine.
 SHIPPED_PREFIX = "shipped:"
-# models/embedder/{adir-tiny.json, open_clip_model.safetensors} come from jobs/train_embedder.py.
+# models/embedder/{adir-tiny.json, open_clip_model.safetensors} come from jobs/train/embedder.py.
 DEFAULT_EMBEDDER: dict[str, Any] = {
     "model": "adir-tiny",
     "pretrained": SHIPPED_PREFIX + "embedder/open_clip_model.safetensors",

@@ -20,23 +20,23 @@ from restore_core.errors import AdirError, ConfigError, InputError, ModelLoadErr
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "restore": ("jobs.restore_job", "restore every row of a Parquet manifest on Ray"),
-    "make-manifest": ("jobs.manifest", "write a restoration manifest from a folder of images"),
+    "restore": ("jobs.restore.driver", "restore every row of a Parquet manifest on Ray"),
+    "make-manifest": ("jobs.restore.manifest", "write a restoration manifest from a folder of images"),
     "demo": ("jobs.demo", "build index, restore held-out photos, write a report (offline)"),
     "build-index": ("jobs.build_index", "embed a corpus on Ray and build a retrieval index"),
     "query-index": ("jobs.query_index", "print the nearest corpus images of one image"),
-    "train-prior": ("jobs.train_prior", "train the small pixel-space DDPM prior"),
-    "train-embedder": ("jobs.train_embedder", "train the small degradation-robust embedder"),
-    "train-indi": ("jobs.train_indi", "train an InDI restorer for one task"),
+    "train-prior": ("jobs.train.prior", "train the small pixel-space DDPM prior"),
+    "train-embedder": ("jobs.train.embedder", "train the small degradation-robust embedder"),
+    "train-indi": ("jobs.train.indi", "train an InDI restorer for one task"),
 }
 
 BENCHES: dict[str, tuple[str, str]] = {
-    "ablation": ("jobs.bench_ablation", "ADIR Table 6 ablation: gd, ia_y, ia_random, ia_mse, adir"),
-    "cost": ("jobs.bench_cost", "paper configuration against the fast preset (P2)"),
-    "pipeline": ("jobs.bench_pipeline", "Ray pipeline scaling and overhead (P3)"),
-    "index": ("jobs.bench_index", "retrieval index speed/recall (P1), embedding build (P4)"),
-    "indi": ("jobs.bench_indi", "InDI perception-distortion table over N steps"),
-    "core": ("jobs.bench_core", "forward / sampling / adaptation timings of a 64² UNet"),
+    "ablation": ("jobs.bench.ablation", "ADIR Table 6 ablation: gd, ia_y, ia_random, ia_mse, adir"),
+    "cost": ("jobs.bench.cost", "paper configuration against the fast preset (P2)"),
+    "pipeline": ("jobs.bench.pipeline", "Ray pipeline scaling and overhead (P3)"),
+    "index": ("jobs.bench.index", "retrieval index speed/recall (P1), embedding build (P4)"),
+    "indi": ("jobs.bench.indi", "InDI perception-distortion table over N steps"),
+    "core": ("jobs.bench.core", "forward / sampling / adaptation timings of a 64² UNet"),
 }
 
 

@@ -30,7 +30,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from jobs.manifest import write_manifest
+from jobs.restore.manifest import write_manifest
 from restore_core.bundled_photos import HELDOUT_PHOTOS, export_crops, random_crops
 from restore_core.images import write_png
 
@@ -67,7 +67,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def sample_size(model_spec: str | None) -> int:
     """The prior's training resolution: crops are made at this size."""
-    from restore_core.diffusion_model import load_diffusion_model
+    from restore_core.models.pixel_unet import load_diffusion_model
 
     return int(load_diffusion_model(model_spec).sample_size)
 
@@ -130,7 +130,7 @@ def prepare(output: str, size: DemoSize, model: str | None, workers: int) -> tup
 
 
 def main(args: argparse.Namespace) -> int:
-    from jobs import restore_job
+    from jobs.restore import driver as restore_job
 
     start = time.monotonic()
     output = os.path.abspath(args.output)

@@ -29,7 +29,7 @@ is untouched. Adapters save/load as safetensors through peft's
 ``evaluate_after_adaptation`` lets a benchmark measure the adapted model before removal.
 
 Imports torch, peft (lazily) and ``restore_core.errors``; never the samplers or jobs. The
-model argument is a ``restore_core.diffusion_model.DiffusionModel`` (``unet``,
+model argument is a ``restore_core.models.pixel_unet.DiffusionModel`` (``unet``,
 ``schedule.alphas_cumprod``, ``eps``, ``sample_size``, ``device``).
 """
 

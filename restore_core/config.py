@@ -83,7 +83,7 @@ class RestoreConfig:
     """Everything one row's restoration needs besides its data.
 
     ``guidance_scale=None`` means the per-task default of
-    ``restore_core.guided_sampling``; ``guidance_mode="paper"`` uses s exactly as in
+    ``restore_core.sampling.alg1``; ``guidance_mode="paper"`` uses s exactly as in
     Algorithm 1, ``"normalized"`` divides s by λ_max(AᵀA) so one value works across
     operators (see guided_sampling's docstring for the measurements).
     """

@@ -99,7 +99,7 @@ def after_first_row(monkeypatch, action):
     """Call ``action()`` once from the driver loop of ``adir restore``, right after it has
     counted the first committed row: the other rows are then still queued or in flight,
     however fast the machine is (a watcher thread polling for records can be outrun)."""
-    from jobs import restore_job
+    from jobs.restore import driver as restore_job
 
     update = restore_job.Progress.update
     fired = []

@@ -14,7 +14,7 @@ from restore_core.adaptation import (
     save_adapter, state_dict_hash,
 )
 from restore_core.bundled_photos import TRAIN_PHOTOS, random_crops
-from restore_core.diffusion_model import load_diffusion_model
+from restore_core.models.pixel_unet import load_diffusion_model
 from tests.helpers import make_tiny_prior
 
 SIZE = 16

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from jobs.results import read_results
+from jobs.restore.results import read_results
 from tests.jobs_fixtures import manifest_rows, photo_dir, ray_cluster, run_restore, tiny_prior, write_manifest_file  # noqa: F401
 
 RNG = np.random.default_rng(0)

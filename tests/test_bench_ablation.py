@@ -52,7 +52,7 @@ def test_two_image_ablation_writes_its_tables(assets, tmp_path):
 
 
 def test_paired_gain_is_mean_difference_with_standard_error():
-    from jobs.bench_ablation import paired_gain
+    from jobs.bench.ablation import paired_gain
 
     def rec(arm, image, psnr, status="ok"):
         return {"arm": arm, "image_id": image, "psnr": psnr, "status": status}
@@ -71,7 +71,7 @@ def test_arms_share_the_sampling_seed(assets):
     """With a negligible learning rate every adapted arm must sample exactly what gd samples:
     the paper compares arms at the same seed."""
     from restore_core.config import RestoreConfig
-    from restore_core.diffusion_model import load_diffusion_model
+    from restore_core.models.pixel_unet import load_diffusion_model
     from restore_core.operators import build_operator
     from restore_core.restore import restore_one
 

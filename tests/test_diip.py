@@ -9,7 +9,7 @@ import torch
 
 from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.config import RestoreConfig
-from restore_core.diffusion_model import load_diffusion_model
+from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.methods.diip import laplacian_variance
 from restore_core.operators import build_operator
 from restore_core.restore import restore_one

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from restore_core.config import RestoreConfig
-from restore_core.diffusion_model import load_diffusion_model
+from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.errors import MethodError
 from restore_core.indi_training import (
     IndiModel,

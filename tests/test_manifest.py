@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from jobs.cli import main as cli
-from jobs.job_config import build_job_config
-from jobs.manifest import read_manifest
+from jobs.restore.job_config import build_job_config
+from jobs.restore.manifest import read_manifest
 from restore_core.bundled_photos import random_crops
 from restore_core.errors import ConfigError, InputError
 from restore_core.images import write_png
@@ -107,7 +107,7 @@ def test_defaults_and_per_row_overrides(tmp_path):
 def test_job_config_precedence(tmp_path):
     cfg_file = tmp_path / "job.yaml"
     cfg_file.write_text("preset: fast\nworkers: 3\nrestore:\n  k: 7\n  steps: 20\n  shred:\n    iters: 9\n")
-    from jobs.job_config import load_config_file
+    from jobs.restore.job_config import load_config_file
 
     job = build_job_config(load_config_file(str(cfg_file)), ["steps=11", "restore.adapt_lr=0.01", "index=/i"],
                            workers=4, gpus_per_worker=None, preset=None)

@@ -15,7 +15,7 @@ import torch
 
 from helpers import make_tiny_prior
 from restore_core.config import RestoreConfig
-from restore_core.diffusion_model import load_diffusion_model
+from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.methods import INFO_KEYS, PROVIDERS, get_method
 from restore_core.operators import build_operator
 from restore_core.restore import restore_one

@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from helpers import make_tiny_prior
-from restore_core.diffusion_model import load_diffusion_model
+from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.errors import ModelLoadError
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.reducer import reduce
-from jobs.results import write_result
+from jobs.restore.reducer import reduce
+from jobs.restore.results import write_result
 from restore_core.bundled_photos import random_crops
 from restore_core.images import resize, write_png
 

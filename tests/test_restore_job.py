@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from jobs.results import RESULTS_DIR, read_results
+from jobs.restore.results import RESULTS_DIR, read_results
 from tests.jobs_fixtures import (after_first_row, manifest_rows, photo_dir, ray_cluster,  # noqa: F401
                                  run_restore, tiny_index, tiny_prior, write_manifest_file)
 

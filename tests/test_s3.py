@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.results import read_results
+from jobs.restore.results import read_results
 from tests.jobs_fixtures import (after_first_row, manifest_rows, photo_dir, ray_cluster, run_restore,  # noqa: F401
                                  tiny_prior)
 

@@ -8,13 +8,13 @@ import torch
 from diffusers import DDPMScheduler
 
 from helpers import make_tiny_prior
-from restore_core.ddim import ddim_decode, ddim_sample, ddim_timesteps
-from restore_core.diffusion_model import load_diffusion_model
+from restore_core.sampling.ddim import ddim_decode, ddim_sample, ddim_timesteps
+from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.errors import ConfigError, SamplingDivergedError
-from restore_core.guided_sampling import guided_ddpm_sample
+from restore_core.sampling.alg1 import guided_ddpm_sample
 from restore_core.metrics import consistency
 from restore_core.operators import build_operator
-from restore_core.schedule import NoiseSchedule
+from restore_core.sampling.schedule import NoiseSchedule
 
 SIZE = 32
 

@@ -20,8 +20,8 @@ EMBEDDER_DIR = REPO / "models" / "embedder"
 def test_shipped_prior_loads_and_denoises():
     """``load_diffusion_model()`` (no spec) is the shipped prior; its ℓ_simple (eq. 6) on
     held-out 64² crops is well below 1, the loss of predicting ε̂ = 0."""
-    from jobs.train_prior import l_simple_batch
-    from restore_core.diffusion_model import DEFAULT_PRIOR_DIR, load_diffusion_model
+    from jobs.train.prior import l_simple_batch
+    from restore_core.models.pixel_unet import DEFAULT_PRIOR_DIR, load_diffusion_model
 
     assert Path(DEFAULT_PRIOR_DIR) == PRIOR_DIR
     model = load_diffusion_model()
@@ -41,7 +41,7 @@ def test_shipped_prior_loads_and_denoises():
 def _open_clip_model(how: str):
     import open_clip
 
-    from jobs.train_embedder import MODEL_NAME, WEIGHTS_FILE
+    from jobs.train.embedder import MODEL_NAME, WEIGHTS_FILE
 
     if how == "name":
         open_clip.add_model_config(EMBEDDER_DIR / f"{MODEL_NAME}.json")
@@ -59,7 +59,7 @@ def test_shipped_embedder_loads_through_open_clip(how):
     retrieve crops of their own source photo far above chance (1/15)."""
     from safetensors.torch import load_file
 
-    from jobs.train_embedder import WEIGHTS_FILE, degraded_recall
+    from jobs.train.embedder import WEIGHTS_FILE, degraded_recall
 
     model = _open_clip_model(how)
     shipped = load_file(EMBEDDER_DIR / WEIGHTS_FILE)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from restore_core.config import RestoreConfig
-from restore_core.ddim import ddim_sample
-from restore_core.diffusion_model import load_diffusion_model
+from restore_core.sampling.ddim import ddim_sample
+from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.errors import MethodError
 from restore_core.methods.shred import blur, initial_noise, random_anisotropic_kernel
 from restore_core.operators import build_operator

@@ -47,7 +47,7 @@ def _final_weights(module, run_dir, out_dir, steps: int, argv: list[str]) -> dic
 def test_training_resumes_like_uninterrupted(tmp_path, which):
     """Stopping after 2 steps and rerunning to 4 gives the same weights, optimiser and step
     count as 4 uninterrupted steps; the exported model is loadable."""
-    from jobs import train_embedder, train_prior
+    from jobs.train import embedder as train_embedder, train_prior
 
     module, argv = (train_prior, PRIOR_ARGV) if which == "prior" else (train_embedder, EMBEDDER_ARGV)
     key = "unet" if which == "prior" else "model"
@@ -60,7 +60,7 @@ def test_training_resumes_like_uninterrupted(tmp_path, which):
     meta = json.loads((tmp_path / "out_b" / "training.json").read_text())
     assert meta["steps"] == 4 and meta["seed"] == 0 and meta["command"]
     if which == "prior":
-        from restore_core.diffusion_model import load_diffusion_model
+        from restore_core.models.pixel_unet import load_diffusion_model
 
         model = load_diffusion_model(str(tmp_path / "out_b"))
         assert model.schedule.alphas_cumprod.shape[0] == 1000
@@ -77,7 +77,7 @@ def test_training_resumes_like_uninterrupted(tmp_path, which):
 
 def test_supcon_loss_prefers_matching_photos():
     """The contrastive loss is lower when same-photo views embed together."""
-    from jobs.train_embedder import supcon_loss
+    from jobs.train.embedder import supcon_loss
 
     labels = torch.tensor([0, 0, 1, 1])
     together = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1, 0.1], [0, 1], [0.1, 1]]), dim=1)

@@ -20,7 +20,7 @@ import torch
 
 from restore_core.adaptation import adapt_lora, lora_adapter
 from restore_core.errors import MethodError
-from restore_core.guided_sampling import guided_ddpm_sample
+from restore_core.sampling.alg1 import guided_ddpm_sample
 from restore_core.methods.base import base_info, register, require_linear_operator
 from restore_core.operators import TASKS
 

@@ -1,7 +1,7 @@
 """SHRED (paper 002): restoration by optimising only the initial noise of a DDIM.
 
 Algorithm 1 / eq. 13-16: f is the deterministic DDIM (σ_t = 0) with skip δt
-(``restore_core.ddim``; δt = 100 → 10 steps of a T = 1000 model), and Adam minimises
+(``restore_core.sampling.ddim``; δt = 100 → 10 steps of a T = 1000 model), and Adam minimises
 L_IR(x_T) = ‖y − H(f(x_T))‖ (eq. 15, the plain norm, per image) over x_T only, so every
 intermediate latent stays on the sampler's path. ``optimise_initial_noise`` is that loop;
 DIIP (``restore_core.methods.diip``) reuses it with its own loss and stopping rules.
@@ -47,7 +47,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from restore_core.ddim import ddim_decode, ddim_timesteps
+from restore_core.sampling.ddim import ddim_decode, ddim_timesteps
 from restore_core.errors import MethodError, SamplingDivergedError
 from restore_core.methods.base import base_info, register, require_linear_operator
 from restore_core.operators import TASKS

@@ -1,7 +1,7 @@
 """Loading an ε-prediction diffusion prior through diffusers' own loaders.
 
 Owns ``DiffusionModel`` and ``load_diffusion_model``; imports diffusers, huggingface_hub,
-``restore_core.storage`` and ``restore_core.schedule`` (never the samplers).
+``restore_core.storage`` and ``restore_core.sampling.schedule`` (never the samplers).
 
 ``load_diffusion_model(spec)`` accepts
 
@@ -34,7 +34,7 @@ import torch
 
 from restore_core import storage
 from restore_core.errors import InputError, ModelLoadError
-from restore_core.schedule import NoiseSchedule
+from restore_core.sampling.schedule import NoiseSchedule
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRIOR_DIR = str(REPO_ROOT / "models" / "prior")

@@ -2,7 +2,7 @@
 
 ``load_context(job)`` loads what every row shares, once per worker: the diffusion prior
 and, when the job has an index, the retriever (embedder + index). ``process_row(row, ctx,
-output_uri)`` then does, for one validated manifest row (``jobs.manifest``):
+output_uri)`` then does, for one validated manifest row (``jobs.restore.manifest``):
 
 1. **load** — read the input (``restore_core.images``: RGB, decompression-bomb cap
    ``max_pixels``). Sizes: the restored image x must have sides divisible by the UNet's
@@ -19,7 +19,7 @@ output_uri)`` then does, for one validated manifest row (``jobs.manifest``):
 4. **score** — ``restore_core.metrics`` (full-reference ones only with a GT) and the
    data consistency ‖A x̂ − y‖/√m. A metric that cannot be computed is null.
 5. **write** — restored/, observed/ and gt/ PNGs atomically, then the result record
-   (``jobs.results.write_result``): the record is the row's commit.
+   (``jobs.restore.results.write_result``): the record is the row's commit.
 
 Failures are data: an ``AdirError`` becomes ``status=failed`` with its one-line message,
 any other exception ``"ExceptionType: message"``. If even the failure record cannot be
@@ -40,10 +40,10 @@ from typing import Any
 
 import torch
 
-from jobs.job_config import JobConfig
-from jobs.results import write_result
+from jobs.restore.job_config import JobConfig
+from jobs.restore.results import write_result
 from restore_core import images, metrics, storage
-from restore_core.diffusion_model import DiffusionModel, load_diffusion_model
+from restore_core.models.pixel_unet import DiffusionModel, load_diffusion_model
 from restore_core.errors import AdirError, InputError, MethodError
 from restore_core.methods import get_method
 from restore_core.operators import build_operator, parse_task
@@ -197,7 +197,7 @@ def _restore_and_write(row: dict, ctx: WorkerContext, output_uri: str, record: d
 
 
 def process_row(row: dict, ctx: WorkerContext, output_uri: str) -> dict:
-    """Restore one validated manifest row; returns its result record (see jobs.results).
+    """Restore one validated manifest row; returns its result record (see jobs.restore.results).
 
     Never raises for a row's own problems: they become ``status=failed`` records. The
     returned dict also carries ``record_written`` (False when storage refused the record).

@@ -18,7 +18,7 @@ loss). The goal of issue 4 — ≥ 10× less wall time at ≤ 0.3 dB PSNR loss �
 met or not for every configuration. ``cost_rows.parquet`` has one row per image and
 configuration, ``cost_run.json`` the provenance (command, machine, prior, index).
 
-Imports the setup and scoring of ``jobs.bench_ablation``.
+Imports the setup and scoring of ``jobs.bench.ablation``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from jobs.bench_ablation import (add_common_options, prepare, print_table, restore_config, run_arm, run_info,
+from jobs.bench.ablation import (add_common_options, prepare, print_table, restore_config, run_arm, run_info,
                                  summarise, write_tables)
 
 log = logging.getLogger("adir.bench.cost")

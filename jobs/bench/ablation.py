@@ -186,7 +186,7 @@ def prepare(args, cfg=None) -> BenchSetup:
     """Load the prior, cut and degrade the test crops, load or build the index."""
     from index_builder.retrieval import Retriever
     from restore_core import bundled_photos
-    from restore_core.diffusion_model import load_diffusion_model
+    from restore_core.models.pixel_unet import load_diffusion_model
     from restore_core.errors import ConfigError
     from restore_core.metrics import DEFAULT_FR, DEFAULT_NR, WEIGHT_FILES
     from restore_core.operators import build_operator
@@ -374,7 +374,7 @@ def write_tables(output: str, name: str, table: list[dict], rows: list[dict], ru
 def run_info(args, setup: BenchSetup, seconds: float) -> dict:
     """Provenance of a bench run: command, configuration, prior, index, machine."""
     prior_training = None
-    from restore_core.diffusion_model import resolve_model_folder
+    from restore_core.models.pixel_unet import resolve_model_folder
 
     training_json = os.path.join(resolve_model_folder(setup.model.spec), "training.json")
     if os.path.exists(training_json):

@@ -1,13 +1,13 @@
 """The reducer: one summary and one report from a job's per-row result records.
 
 It reads ``<out>/results/*.parquet`` (one record per manifest row, ok or failed; schema in
-``jobs/results.py``) and writes, under the same output URI and each atomically through
+``jobs/restore/results.py``) and writes, under the same output URI and each atomically through
 ``restore_core.storage.atomic_write_bytes``:
 
 * ``summary.parquet``: every result record in one file (one row per manifest row);
 * ``summary.json``: row counts, per (task, method) means of every metric and of the
   seconds per stage, and the failures with their errors;
-* ``report.html`` plus its assets under ``report/`` (see ``jobs/report.py``).
+* ``report.html`` plus its assets under ``report/`` (see ``jobs/restore/report.py``).
 
 It runs after every restore job and on its own (``reduce(uri)``) on any finished or
 partial output, so a report exists whatever failed along the way. No Ray here.
@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.results import METRIC_COLUMNS, RESULT_SCHEMA, SECONDS_COLUMNS, read_results
+from jobs.restore.results import METRIC_COLUMNS, RESULT_SCHEMA, SECONDS_COLUMNS, read_results
 from restore_core import storage
 
 # metrics where lower is better (pyiqa's ``lower_better``); everything else: higher is better
@@ -82,7 +82,7 @@ def reduce(output_uri: str, per_group: int = 4) -> dict:
 
     ``per_group``: rows per (task, method) shown in the report's image grid.
     """
-    from jobs.report import write_report  # matplotlib is imported only when reporting
+    from jobs.restore.report import write_report  # matplotlib is imported only when reporting
 
     df = read_results(output_uri)
     table = pa.Table.from_pandas(df, preserve_index=False)

@@ -3,15 +3,15 @@
 Order of work:
 
 1. Validate everything before any work (exit 2 with a one-line message): the job config
-   (``jobs.job_config``), the manifest (``jobs.manifest``), the methods named in it, that
+   (``jobs.restore.job_config``), the manifest (``jobs.restore.manifest``), the methods named in it, that
    methods using neighbours have an index, and that the cluster has the GPUs asked for.
 2. Resume: rows that already have a result record under ``--output`` are skipped
    (``--overwrite`` redoes them; ``--retry-failed`` redoes only failed ones).
 3. Start ``workers`` actors. Each loads the prior, the embedder and the index once
-   (``jobs.worker.load_context``); a load error stops the job with exit 2 before any row.
+   (``jobs.restore.row.load_context``); a load error stops the job with exit 2 before any row.
 4. Stream the rows: each actor holds one row at a time and gets the next when it returns,
    so rows spread evenly and progress is exact (rows done/failed, rows/s, ETA, output).
-5. Run the reducer (``jobs.reducer.reduce``): summary.json, summary.parquet, report.html.
+5. Run the reducer (``jobs.restore.reducer.reduce``): summary.json, summary.parquet, report.html.
 
 Why actors and not Ray Data ``map_batches``: both restart a dead actor, but here each row
 takes seconds and is its own unit of work and of commit, so a small scheduling loop over
@@ -44,9 +44,9 @@ import sys
 import time
 import traceback
 
-from jobs.job_config import build_job_config, load_config_file
-from jobs.manifest import read_manifest
-from jobs.results import completed_ids, read_results, write_result
+from jobs.restore.job_config import build_job_config, load_config_file
+from jobs.restore.manifest import read_manifest
+from jobs.restore.results import completed_ids, read_results, write_result
 from restore_core import storage
 from restore_core.config import PRESETS
 from restore_core.errors import AdirError, ConfigError, InputError, ModelLoadError
@@ -61,7 +61,7 @@ ROW_ATTEMPTS = 3  # first try + max_task_retries
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="Parquet manifest (path or fsspec URI)")
     p.add_argument("--output", required=True, help="output folder (path or fsspec URI)")
-    p.add_argument("--config", help="YAML job config (see jobs/job_config.py)")
+    p.add_argument("--config", help="YAML job config (see jobs/restore/job_config.py)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a job or restore key, e.g. --set steps=50 --set index=s3://b/idx")
     p.add_argument("--workers", type=int, help="number of Ray actors (default 2)")
@@ -159,8 +159,8 @@ def _make_actor_class(ray):
         def __init__(self, job_dict: dict, output_uri: str, threads: int):
             import torch
 
-            from jobs.job_config import JobConfig
-            from jobs.worker import load_context
+            from jobs.restore.job_config import JobConfig
+            from jobs.restore.row import load_context
 
             torch.set_num_threads(max(1, threads))
             self.output_uri, self.ctx, self.error = output_uri, None, None
@@ -173,7 +173,7 @@ def _make_actor_class(ray):
             return {"pid": os.getpid(), "error": self.error}
 
         def run(self, row: dict) -> dict:
-            from jobs.worker import process_row
+            from jobs.restore.row import process_row
 
             return process_row(row, self.ctx, self.output_uri)
 
@@ -300,7 +300,7 @@ def _run(args, job, rows, todo) -> int:
         _say(f"cannot read the result records back ({type(exc).__name__}: {exc}); counting this run only")
         n_failed = failed_now
     try:
-        from jobs.reducer import reduce
+        from jobs.restore.reducer import reduce
 
         summary = reduce(args.output)
         report = summary.get("report_uri") or storage.join(args.output, "report.html")

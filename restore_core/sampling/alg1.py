@@ -3,7 +3,7 @@
 Owns ``guided_ddpm_sample`` and the guidance-scale defaults; imports the model wrapper
 and the schedule, never adaptation or jobs code.
 
-For i = n−1 … 0 over the (possibly respaced, ``restore_core.schedule``) chain:
+For i = n−1 … 0 over the (possibly respaced, ``restore_core.sampling.schedule``) chain:
 
     ε̂, Σ̂ ← ε_θ(x_t, t), Σ_θ(x_t, t)                         (line 3)
     μ̂ ← (x_t − β_t/√(1−ᾱ_t) · ε̂) / √α_t                     (line 4, eq. 5)
@@ -49,7 +49,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from restore_core.diffusion_model import DiffusionModel
+from restore_core.models.pixel_unet import DiffusionModel
 from restore_core.errors import ConfigError, InputError, SamplingDivergedError
 
 SCALE_MODES = ("normalized", "paper")

@@ -1,6 +1,6 @@
 """``adir bench core``: the cost of the core operations, and the guidance-scale table.
 
-Timings (default) on a tiny UNet (``restore_core.diffusion_model.TINY_UNET``, untrained,
+Timings (default) on a tiny UNet (``restore_core.models.pixel_unet.TINY_UNET``, untrained,
 64² by default) or on ``--model``: ms per UNet forward (batch 1), seconds for a guided
 sr4 sample of ``--long-steps`` (1000) and ``--short-steps`` (100) steps, and seconds per
 LoRA adaptation iteration at batch ``--batch`` (6, Table 1). One CPU thread unless
@@ -45,7 +45,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def _model(args):
     """``--model``, or the untrained tiny UNet saved and loaded back like any prior."""
-    from restore_core.diffusion_model import load_diffusion_model, save_tiny_prior
+    from restore_core.models.pixel_unet import load_diffusion_model, save_tiny_prior
 
     if args.model:
         return load_diffusion_model(args.model)
@@ -69,7 +69,7 @@ class _Clock:
 
 def bench_timings(model, args) -> dict:
     from restore_core.adaptation import adapt_lora, lora_adapter
-    from restore_core.guided_sampling import guided_ddpm_sample
+    from restore_core.sampling.alg1 import guided_ddpm_sample
     from restore_core.operators import build_operator
 
     size = args.size
@@ -100,7 +100,7 @@ def bench_timings(model, args) -> dict:
 def bench_scales(model, args) -> list[dict]:
     from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
     from restore_core.errors import SamplingDivergedError
-    from restore_core.guided_sampling import guided_ddpm_sample
+    from restore_core.sampling.alg1 import guided_ddpm_sample
     from restore_core.metrics import consistency
     from restore_core.operators import build_operator
 

@@ -2,10 +2,10 @@
 
 On the same rows, in one run (same machine load, same seeds):
 
-* **in-process**: one plain Python loop: ``jobs.worker.load_context`` once, then
-  ``jobs.worker.process_row`` per row (load → retrieve → ``restore_one`` → score → write),
+* **in-process**: one plain Python loop: ``jobs.restore.row.load_context`` once, then
+  ``jobs.restore.row.process_row`` per row (load → retrieve → ``restore_one`` → score → write),
   one torch thread — exactly what one Ray actor runs, without Ray;
-* **ray ×1** and **ray ×2**: ``jobs.restore_job.run_rows`` with 1 and 2 actors (one CPU and
+* **ray ×1** and **ray ×2**: ``jobs.restore.driver.run_rows`` with 1 and 2 actors (one CPU and
   one torch thread each), the code path of ``adir restore``.
 
 Two clocks: **wall** counts from the start of a run (actor start-up, model + index load
@@ -46,7 +46,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def _record_times(output: str) -> tuple[dict, float]:
     """(mean seconds per stage over ok rows, busy seconds): busy is the largest sum of
     per-row seconds over the workers, i.e. the run's makespan without start-up."""
-    from jobs.results import read_results
+    from jobs.restore.results import read_results
 
     df = read_results(output)
     ok = df[df["status"] == "ok"]
@@ -66,7 +66,7 @@ def _digests(output: str, rows: list[dict]) -> dict[str, str]:
 def _in_process(job, rows: list[dict], output: str) -> float:
     import torch
 
-    from jobs.worker import load_context, process_row
+    from jobs.restore.row import load_context, process_row
 
     torch.set_num_threads(1)  # what each Ray actor gets on this machine (1 CPU per actor)
     start = time.perf_counter()
@@ -77,7 +77,7 @@ def _in_process(job, rows: list[dict], output: str) -> float:
 
 
 def _ray(ray, job, rows: list[dict], output: str) -> float:
-    from jobs.restore_job import run_rows
+    from jobs.restore.driver import run_rows
 
     start = time.perf_counter()
     run_rows(ray, job, rows, output)
@@ -90,9 +90,9 @@ def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from jobs.demo import build_corpus_index, heldout_crops, sample_size
-    from jobs.job_config import build_job_config
-    from jobs.manifest import validate_rows
-    from jobs.restore_job import _init_ray
+    from jobs.restore.job_config import build_job_config
+    from jobs.restore.manifest import validate_rows
+    from jobs.restore.driver import _init_ray
 
     output = os.path.abspath(args.output)
     side = sample_size(args.model)

@@ -1,0 +1,1 @@
+"""The restore job: driver, per-row stages, manifest, config, results, reducer and report."""

@@ -1,0 +1,1 @@
+"""Trainers for the shipped models."""

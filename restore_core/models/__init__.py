@@ -1,0 +1,1 @@
+"""Model families behind one seam: each module loads one kind of network through its library's real loader."""
