@@ -44,7 +44,7 @@ from restore_core.bundled_photos import ALL_PHOTOS, HELDOUT_PHOTOS, TRAIN_PHOTOS
 from restore_core.operators import build_operator
 
 log = logging.getLogger("adir.train_embedder")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EMBEDDER_OUT = REPO_ROOT / "models" / "embedder"
 MODEL_NAME = "adir-tiny"
 WEIGHTS_FILE = "open_clip_model.safetensors"

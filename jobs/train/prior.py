@@ -32,7 +32,7 @@ import torch
 from restore_core.bundled_photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, random_crops
 
 log = logging.getLogger("adir.train_prior")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PRIOR_OUT = REPO_ROOT / "models" / "prior"
 
 

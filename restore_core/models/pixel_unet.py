@@ -36,7 +36,7 @@ from restore_core import storage
 from restore_core.errors import InputError, ModelLoadError
 from restore_core.sampling.schedule import NoiseSchedule
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PRIOR_DIR = str(REPO_ROOT / "models" / "prior")
 
 # The tiny UNet used by tests and `adir bench core` (2 levels, no attention).
