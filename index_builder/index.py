@@ -26,16 +26,15 @@ Kinds (``build_index(vectors, kind=...)``):
 Recall: at build, ``recall_queries`` vectors are sampled from the input (or given as
 ``queries``); their exact top-K (``faiss.knn``) is compared with the index's top-K, each
 query's own row excluded from both, so the figure is that of an unseen query. For
-``hnsw``/``ivf``/``ivfpq`` the search parameter (efSearch / nprobe) is raised until recall
-reaches ``target_recall``. The measured recall@K is stored in the JSON manifest with the
-model, dim, metric, count, kind, parameters and build seconds.
+``hnsw``/``ivf``/``ivfpq`` the search parameter (efSearch / nprobe) is set to the smallest
+value whose recall reaches ``target_recall`` (default 0.95), found by bisection
+(``index_builder.tuning.smallest_meeting``). The measured recall@K is stored in the JSON
+manifest with the model, dim, metric, count, kind, parameters and build seconds.
 
-Big builds (train once, add shards, merge): IVF kinds train the coarse quantizer (and PQ)
-once on a sample (``train_size``), then add vectors in chunks, so only the index itself and
-one chunk are in memory; :func:`merge_ivf` merges IVF indexes that separate workers filled
-from the same trained empty index (``faiss`` ``merge_from``), which is how embedding actors
-can each index their own shards. We use this rather than ``IndexShards`` because the result
-is one ordinary index file that any process loads, with no shard layout to carry around.
+Big builds: :func:`resolve_params` and :func:`train_empty` are the pieces that
+``index_builder.sharded_index`` uses to train the coarse quantizer (and PQ) once on a
+sample and let Ray actors encode their own shards against copies of it; :func:`merge_ivf`
+merges IVF indexes filled from the same trained empty index (``faiss`` ``merge_from``).
 
 Save/load: ``<uri>/index.json`` (manifest) + ``<uri>/index.faiss`` (``faiss.serialize_index``
 bytes) or ``<uri>/vectors.npy`` (k-d tree: rebuilt on load, O(n log n)), through fsspec.
@@ -48,11 +47,12 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from restore_core import storage
+from index_builder.tuning import exclude_self, recall_at_k, smallest_meeting
 from restore_core.errors import ConfigError, InputError
 
 KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq", "kdtree")
@@ -116,20 +116,13 @@ def memory_estimate(kind: str, n: int, dim: int, params: dict) -> int:
     return n * (dim * 4 + 8) + (n // params.get("leafsize", 16) + 1) * 2 * 64
 
 
-def _exclude_self(ids: np.ndarray, self_ids: np.ndarray | None, k: int) -> np.ndarray:
-    if self_ids is None:
-        return ids[:, :k]
-    out = np.empty((ids.shape[0], k), dtype=np.int64)
-    for r, (row, s) in enumerate(zip(ids, self_ids)):
-        kept = row[row != s]
-        out[r] = kept[:k] if kept.size >= k else np.pad(kept, (0, k - kept.size), constant_values=-1)
-    return out
+def gpu_if_available(index):
+    """``faiss.index_cpu_to_gpu`` onto GPU 0 when this faiss build sees a GPU, else ``index``."""
+    import faiss
 
-
-def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean fraction of each query's exact top-K present in the found top-K."""
-    k = exact.shape[1]
-    return float(np.mean([len(set(f[f >= 0]) & set(e[e >= 0])) / k for f, e in zip(found, exact)]))
+    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index
 
 
 @dataclass
@@ -168,7 +161,10 @@ class RetrievalIndex:
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = int(self.params["efSearch"])
         elif self.kind in ("ivf", "ivfpq"):
-            faiss.extract_index_ivf(self.index).nprobe = int(self.params["nprobe"])
+            try:
+                faiss.extract_index_ivf(self.index).nprobe = int(self.params["nprobe"])
+            except RuntimeError:  # a GPU IVF index (gpu_if_available) holds nprobe itself
+                self.index.nprobe = int(self.params["nprobe"])
 
     def save(self, uri: str) -> None:
         """Write ``index.json`` and ``index.faiss`` (or ``vectors.npy``) under ``uri``."""
@@ -209,26 +205,25 @@ def _train_sample(x: np.ndarray, size: int, rng: np.random.Generator) -> np.ndar
     return x if len(x) <= size else x[np.sort(rng.choice(len(x), size, replace=False))]
 
 
-def _make_faiss(kind: str, x: np.ndarray, params: dict, rng: np.random.Generator, add_chunk: int):
-    """Create, train (IVF kinds: once, on a sample) and fill a faiss index in chunks."""
+def train_empty(kind: str, sample: np.ndarray, params: dict):
+    """An empty faiss index of ``kind`` (flat, hnsw, ivf, ivfpq), trained on ``sample`` for the
+    IVF kinds (k-means quantizer and PQ codebooks; faiss seeds its k-means itself)."""
     import faiss
 
-    n, d = x.shape
+    d = sample.shape[1]
     if kind == "flat":
-        index = faiss.IndexFlatL2(d)
-    elif kind == "hnsw":
+        return faiss.IndexFlatL2(d)
+    if kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, params["M"])
         index.hnsw.efConstruction = params["efConstruction"]
+        return index
+    quantizer = faiss.IndexFlatL2(d)
+    if kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, d, params["nlist"], faiss.METRIC_L2)
     else:
-        quantizer = faiss.IndexFlatL2(d)
-        if kind == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, d, params["nlist"], faiss.METRIC_L2)
-        else:
-            index = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["m"], params["nbits"])
-        index.cp.niter = params.get("niter", 10)
-        index.train(_train_sample(x, params["train_size"], rng))
-    for start in range(0, n, add_chunk):
-        index.add(x[start:start + add_chunk])
+        index = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["m"], params["nbits"])
+    index.cp.niter = params.get("niter", 10)
+    index.train(sample)
     return index
 
 
@@ -246,22 +241,12 @@ def merge_ivf(parts: list) -> Any:
     return merged
 
 
-def build_index(vectors, kind: str = "auto", *, model: Any = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                recall_k: int = 20, recall_queries: int = 500, queries=None, target_recall: float = 0.97,
-                params: dict | None = None, seed: int = 0, add_chunk: int = 100_000,
-                kdtree_recall_queries: int = 20) -> RetrievalIndex:
-    """Build an index of ``kind`` over (n, d) unit vectors and measure recall@``recall_k``.
-
-    ``params`` overrides the defaults (hnsw: M, efConstruction, efSearch; ivf: nlist,
-    nprobe, train_size, niter; ivfpq: + m, nbits; kdtree: leafsize, workers); a fixed
-    efSearch/nprobe disables tuning. ``queries`` replaces the sampled recall queries.
-    """
+def resolve_params(kind: str, n: int, d: int, params: dict | None = None,
+                   memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[str, dict, set]:
+    """(kind, parameters, names the user fixed) for ``n`` × ``d`` vectors: ``auto`` resolved by
+    :func:`choose_kind`, defaults filled, unknown names and impossible values refused."""
     if kind not in KINDS:
         raise ConfigError(f"unknown index kind {kind!r}; accepted: {', '.join(KINDS)}")
-    x = _as_matrix(vectors)
-    n, d = x.shape
-    rng = np.random.default_rng(seed)
-    requested = kind
     if kind == "auto":
         kind = choose_kind(n, d, memory_budget)
     user = dict(params or {})
@@ -284,14 +269,70 @@ def build_index(vectors, kind: str = "auto", *, model: Any = None, memory_budget
         raise ConfigError(f"ivfpq m={p['m']} must divide the dimension {d}")
     if kind in ("ivf", "ivfpq") and n < p["nlist"]:
         raise InputError(f"{kind} with nlist={p['nlist']} needs at least that many vectors; got {n}")
+    return kind, p, set(user)
 
+
+TUNED = {"hnsw": "efSearch", "ivf": "nprobe", "ivfpq": "nprobe"}
+
+
+def tune_search(kind: str, params: dict, fixed: set, k: int, target: float,
+                measure: Callable[[dict], float]) -> dict[str, Any]:
+    """Set ``params``' search parameter to the smallest value meeting ``target`` recall
+    (bisection, :func:`index_builder.tuning.smallest_meeting`) unless the user fixed it;
+    ``measure(params)`` gives recall@K. Returns the manifest's ``recall`` entry."""
+    tune = TUNED.get(kind)
+    start = time.perf_counter()
+    if tune is None or tune in fixed:
+        value, trace = measure(params), {}
+    else:
+        hi = params["nlist"] if tune == "nprobe" else 4096
+        lo = 1 if tune == "nprobe" else k
+
+        def at(v: int) -> float:
+            return measure({**params, tune: v})
+
+        params[tune], value, trace = smallest_meeting(at, params[tune], lo, hi, target)
+    return {"k": k, "value": round(value, 4), "tuned": tune if tune and tune not in fixed else None,
+            "target": target, "trace": {str(v): round(r, 4) for v, r in sorted(trace.items())},
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def index_manifest(kind: str, requested: str, d: int, n: int, params: dict, model: Any, build_seconds: float,
+                   recall: dict, memory_budget: int) -> dict[str, Any]:
+    """The JSON manifest stored next to an index (module doc)."""
+    import faiss
+
+    return {"model": model, "dim": d, "metric": METRIC, "count": n, "kind": kind, "requested_kind": requested,
+            "params": params, "build_seconds": round(build_seconds, 3), "recall": recall,
+            "memory_bytes": memory_estimate(kind, n, d, params), "memory_budget": memory_budget,
+            "faiss_version": faiss.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def build_index(vectors, kind: str = "auto", *, model: Any = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                recall_k: int = 20, recall_queries: int = 500, queries=None, target_recall: float = 0.95,
+                params: dict | None = None, seed: int = 0, add_chunk: int = 100_000,
+                kdtree_recall_queries: int = 20) -> RetrievalIndex:
+    """Build an index of ``kind`` over (n, d) unit vectors in this process and measure
+    recall@``recall_k``.
+
+    ``params`` overrides the defaults (hnsw: M, efConstruction, efSearch; ivf: nlist,
+    nprobe, train_size, niter; ivfpq: + m, nbits; kdtree: leafsize, workers); a fixed
+    efSearch/nprobe disables tuning. ``queries`` replaces the sampled recall queries.
+    """
+    x = _as_matrix(vectors)
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    requested = kind
+    kind, p, fixed = resolve_params(kind, n, d, params, memory_budget)
     start = time.perf_counter()
     if kind == "kdtree":
         from scipy.spatial import cKDTree
 
         index = cKDTree(x, leafsize=p["leafsize"])
     else:
-        index = _make_faiss(kind, x, p, rng, add_chunk)
+        index = train_empty(kind, _train_sample(x, p.get("train_size", n), rng), p)
+        for s in range(0, n, add_chunk):
+            index.add(x[s:s + add_chunk])
     built = RetrievalIndex(kind=kind, dim=d, count=n, index=index, params=p)
     build_seconds = time.perf_counter() - start
 
@@ -310,27 +351,13 @@ def build_index(vectors, kind: str = "auto", *, model: Any = None, memory_budget
         import faiss
 
         _, exact = faiss.knn(q, x, k + extra)
-        exact = _exclude_self(exact.astype(np.int64), self_ids, k)
+        exact = exclude_self(exact.astype(np.int64), self_ids, k)
 
-        def measure() -> float:
-            return recall_at_k(_exclude_self(built.search(q, k + extra)[1], self_ids, k), exact)
+        def measure(trial: dict) -> float:
+            built.params = trial
+            return recall_at_k(exclude_self(built.search(q, k + extra)[1], self_ids, k), exact)
 
-        tune = {"hnsw": "efSearch", "ivf": "nprobe", "ivfpq": "nprobe"}.get(kind)
-        tune_start = time.perf_counter()
-        value = measure()
-        if tune and tune not in user:
-            limit = p["nlist"] if tune == "nprobe" else 4096
-            while value < target_recall and p[tune] < limit:
-                p[tune] = min(limit, p[tune] * 2)
-                value = measure()
-        recall.update(queries=len(q), value=round(value, 4), tuned=tune if tune and tune not in user else None,
-                      target=target_recall, seconds=round(time.perf_counter() - tune_start, 3))
-    import faiss
-
-    built.manifest = {
-        "model": model, "dim": d, "metric": METRIC, "count": n, "kind": kind, "requested_kind": requested,
-        "params": p, "build_seconds": round(build_seconds, 3), "recall": recall,
-        "memory_bytes": memory_estimate(kind, n, d, p), "memory_budget": memory_budget,
-        "faiss_version": faiss.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+        recall = tune_search(kind, p, fixed, k, target_recall, measure) | {"queries": len(q)}
+        built.params = p
+    built.manifest = index_manifest(kind, requested, d, n, p, model, build_seconds, recall, memory_budget)
     return built

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from index_builder.index import KINDS, RetrievalIndex, build_index, choose_kind, merge_ivf, spherical_distance
+from index_builder.tuning import merge_topk, smallest_meeting
 from restore_core.errors import ConfigError, InputError
 
 PARAMS = {"ivfpq": {"m": 8, "nbits": 4}, "ivf": {}, "hnsw": {}, "flat": {}, "kdtree": {}, "auto": {}}
@@ -44,9 +45,32 @@ def test_auto_rule_and_recall_tuning(vectors):
     assert choose_kind(1_700_000, 512) == "ivf"
     assert choose_kind(1_700_000, 512, memory_budget=1 << 30) == "ivfpq"
     ivf = build_index(vectors, "ivf", params={"nlist": 32}, target_recall=0.99)
-    assert ivf.manifest["recall"]["value"] >= 0.99 and ivf.params["nprobe"] >= 8
+    nprobe = ivf.params["nprobe"]
+    assert ivf.manifest["recall"]["value"] >= 0.99 and ivf.manifest["recall"]["tuned"] == "nprobe"
+    # bisection: the smallest nprobe meeting the target, so one fewer misses it
+    below = build_index(vectors, "ivf", params={"nlist": 32, "nprobe": nprobe - 1})
+    assert nprobe > 1 and below.manifest["recall"]["value"] < 0.99
     fixed = build_index(vectors, "ivf", params={"nlist": 32, "nprobe": 1})
     assert fixed.params["nprobe"] == 1 and fixed.manifest["recall"]["value"] < ivf.manifest["recall"]["value"]
+
+
+def test_smallest_meeting_bisects_and_merge_topk_is_exact():
+    calls = []
+
+    def recall(p):
+        calls.append(p)
+        return min(1.0, p / 37)
+
+    value, r, seen = smallest_meeting(recall, 8, 1, 256, 0.95)
+    assert value == 36 and r >= 0.95 and len(calls) == len(set(calls)) <= 10
+    assert smallest_meeting(recall, 8, 1, 16, 0.95)[0] == 16  # target out of reach: the limit
+    rng = np.random.default_rng(1)
+    d = rng.random((3, 40)).astype(np.float32)
+    ids = np.tile(np.arange(40), (3, 1))
+    parts = [(np.sort(d[:, s:s + 10]), ids[:, s:s + 10][np.arange(3)[:, None], np.argsort(d[:, s:s + 10])])
+             for s in range(0, 40, 10)]
+    md, mi = merge_topk(parts, 5)
+    assert np.array_equal(mi, np.argsort(d, axis=1)[:, :5]) and np.allclose(md, np.sort(d)[:, :5])
 
 
 def test_merged_ivf_equals_single_build(vectors):
