@@ -1,9 +1,12 @@
-"""Contracts of restore_core.operators: exact adjoints, bicubic SR, λ_max, bad input, JPEG."""
+"""Contracts of restore_core.operators: task parsing, exact adjoints, the baseline inverse A⁺,
+bicubic SR, λ_max, bad input, JPEG, doctests of every submodule."""
 
 from __future__ import annotations
 
 import doctest
+import importlib
 import math
+import pkgutil
 
 import numpy as np
 import pytest
@@ -14,14 +17,15 @@ from skimage import data
 
 from restore_core import operators
 from restore_core.errors import InputError, MethodError
+from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.operators import (
+    LINEAR_TASKS,
     TASKS,
+    TaskSpec,
     build_operator,
     parse_task,
     sigma_to_model_range,
 )
-
-LINEAR_TASKS = [t for t in TASKS if t != "jpeg"]
 # Odd sizes where the task allows (off-by-one padding errors show); SR needs divisibility.
 SHAPES = {"sr2": (3, 38, 30), "sr4": (3, 36, 28), "sr8": (3, 40, 48)}
 # Parameter variants that build different operators from the same task name.
@@ -31,14 +35,18 @@ LINEAR_SPECS = [spec for t in LINEAR_TASKS for spec in VARIANTS.get(t, [t])]
 
 
 def test_registry_lists_every_task_once():
-    assert set(operators.TASK_PARAMS) == set(TASKS)
-    assert LINEAR_TASKS == [t for t in TASKS if build_operator(t, SHAPES.get(t, (3, 16, 16))).is_linear]
+    assert set(operators.TASK_PARAMS) == set(TASKS) == set(operators.BUILDERS)
+    built = {t: build_operator(t, SHAPES.get(t, (3, 16, 16))) for t in TASKS}
+    assert list(LINEAR_TASKS) == [t for t in TASKS if built[t].is_linear]
+    for task, op in built.items():
+        assert isinstance(op, operators.LinearOperator) == op.is_linear
+        assert hasattr(op, "A_adjoint") == hasattr(op, "A_pinv") == op.is_linear
 
 
 @pytest.mark.parametrize("spec", LINEAR_SPECS)
 def test_adjoint(spec):
-    """<A x, y> = <x, Aᵀ y> to relative 1e-6, float64, batch 2."""
-    shape = SHAPES.get(parse_task(spec)[0], (3, 37, 31))
+    """<A x, y> = <x, Aᵀ y> to relative 1e-6, float64, odd sizes where allowed, batch 2."""
+    shape = SHAPES.get(parse_task(spec).name, (3, 37, 31))
     op = build_operator(spec, shape).to(torch.float64)
     g = torch.Generator().manual_seed(1)
     x = torch.randn((2,) + shape, generator=g, dtype=torch.float64)
@@ -183,8 +191,7 @@ def test_jpeg_is_nonlinear_without_adjoint():
     assert 0.01 < err < 0.2  # lossy, but an image of the same content
     assert build_operator("jpeg:q=95", (3, 64, 64)).A(x).sub(x).abs().mean() < err / 2  # q matters
     assert (op.A(2 * x.clamp(-0.5, 0.5)) - 2 * op.A(x.clamp(-0.5, 0.5))).abs().max() > 0.05  # not homogeneous
-    with pytest.raises(MethodError, match="non-linear"):
-        op.A_adjoint(y)
+    assert not hasattr(op, "A_adjoint") and not hasattr(op, "A_pinv")  # no inherited adjoint
     with pytest.raises(MethodError, match="non-linear"):
         op.lambda_max()
     grey = build_operator("jpeg", (1, 64, 64)).A(x.mean(1, keepdim=True))
@@ -212,7 +219,86 @@ def test_operators_are_differentiable():
     assert x.grad is not None and torch.allclose(x.grad, 2 * op.A_adjoint(op.A(x.detach())), atol=1e-6)
 
 
-def test_parse_task_and_doctests():
-    assert parse_task("deblur_gauss:sigma=3") == ("deblur_gauss", {"sigma": 3})
-    assert parse_task(" jpeg:q=30 ") == ("jpeg", {"q": 30})
-    assert doctest.testmod(operators).failed == 0
+def test_parse_task_gives_a_checked_spec():
+    spec = parse_task("deblur_gauss:sigma=3")
+    assert spec == ("deblur_gauss", {"sigma": 3}) and isinstance(spec, TaskSpec)
+    name, params = parse_task(" jpeg:q=30 ")  # a tuple: unpacks as (name, params)
+    assert (name, params) == ("jpeg", {"q": 30})
+    assert [parse_task(t).sr_factor for t in ("sr2", "sr4", "sr8", "deblur_box5", "colorize")] == [2, 4, 8, 1, 1]
+    assert parse_task(spec) is spec
+    assert str(parse_task("inpaint:mode=random,keep=0.3")) == "inpaint:mode=random,keep=0.3"
+    assert spec.with_params(sigma=1.5).params == {"sigma": 1.5} and spec.params == {"sigma": 3}
+    op = build_operator(spec, (3, 20, 20))
+    assert op.task == "deblur_gauss:sigma=3" and op.kernel_1d.numel() == 19
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: parse_task("sr3"), "unknown task 'sr3'; accepted: sr2, sr4, sr8"),
+    (lambda: parse_task("   "), "empty task name; accepted: sr2"),
+    (lambda: parse_task(None), "empty task name"),
+    (lambda: parse_task("cs:rate"), "bad task parameter 'rate' in 'cs:rate'; expected key=value"),
+    (lambda: parse_task("cs:=0.1"), "expected key=value"),
+    (lambda: parse_task("sr8:sigma=2"), "unknown parameter(s) sigma for task 'sr8'; accepted: none"),
+    (lambda: parse_task("cs:rate=0.1,q=3,zz=1"), "unknown parameter(s) q, zz for task 'cs'; accepted: rate, seed"),
+    (lambda: parse_task("jpeg").with_params(sigma=1), "unknown parameter(s) sigma for task 'jpeg'; accepted: q"),
+    (lambda: build_operator("denoise", (3, 8, 8), q=5), "unknown parameter(s) q for task 'denoise'"),
+])
+def test_task_spec_errors_are_one_line_input_errors(call, message):
+    with pytest.raises(InputError) as err:
+        call()
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * math.log10(4.0 / (a - b).square().mean().item())  # peak-to-peak 2 in [-1, 1]
+
+
+@pytest.mark.parametrize("spec", LINEAR_SPECS)
+def test_pinv_shape_linearity_and_consistency(spec):
+    """A⁺ maps a measurement to an image, linearly; where it is the exact Moore-Penrose
+    inverse (masks, colorize, identity) A A⁺ y = y; for SR and blur it is the baseline."""
+    shape = SHAPES.get(parse_task(spec).name, (3, 37, 31))
+    op = build_operator(spec, shape).to(torch.float64)
+    g = torch.Generator().manual_seed(2)
+    y1, y2 = (torch.randn((2,) + op.output_shape, generator=g, dtype=torch.float64) for _ in range(2))
+    y1, y2 = op.A(op.A_adjoint(y1)), op.A(op.A_adjoint(y2))  # in the range of A (zero where a mask is)
+    p = op.A_pinv(y1)
+    assert p.shape == (2,) + shape and p.dtype == torch.float64
+    assert torch.allclose(op.A_pinv(2 * y1 - 3 * y2), 2 * p - 3 * op.A_pinv(y2), atol=1e-10)
+    name = parse_task(spec).name
+    if name in ("inpaint", "cs", "colorize", "denoise"):
+        assert torch.allclose(op.A(p), y1, atol=1e-12)
+        assert torch.allclose(op.A_pinv(op.A(p)), p, atol=1e-12)  # A⁺ A A⁺ = A⁺
+    if name.startswith("deblur"):
+        assert torch.equal(p, y1)  # the blurred input is the deblurring baseline
+    with pytest.raises(InputError, match="measurement"):
+        op.A_pinv(torch.zeros((1,) + shape[:1] + (3, 3), dtype=torch.float64))
+
+
+def _pil_upscale(y: torch.Tensor, factor: int) -> torch.Tensor:
+    h, w = y.shape[-2:]
+    return torch.from_numpy(np.stack([np.asarray(Image.fromarray(c.numpy().astype(np.float32), mode="F")
+                                                 .resize((w * factor, h * factor), Image.BICUBIC)) for c in y[0]]))[None]
+
+
+def test_sr4_pinv_is_bicubic_upsampling_on_held_out_photos():
+    """On held-out photo crops, noisy sr4: A⁺y is PIL's bicubic upscale (to float rounding),
+    so its PSNR equals bicubic's; and it is an image of the content (far above a flat image)."""
+    op = build_operator("sr4", (3, 64, 64))
+    for i, photo in enumerate(HELDOUT_PHOTOS):
+        x, _ = random_crops((photo,), 1, 64, seed=100 + i)
+        y = op.degrade(x, 10.0, torch.Generator().manual_seed(i))
+        p, ref = op.A_pinv(y).clamp(-1, 1), _pil_upscale(y, 4).clamp(-1, 1)
+        assert (p - ref).abs().max().item() < 1e-5
+        assert abs(_psnr(p, x) - _psnr(ref, x)) < 0.01
+        flat = y.mean(dim=(2, 3), keepdim=True).expand_as(x)
+        assert _psnr(p, x) > _psnr(flat, x) + 5
+
+
+def test_doctests_of_every_submodule():
+    names = ["restore_core.operators"] + [f"restore_core.operators.{m.name}"
+                                          for m in pkgutil.iter_modules(operators.__path__)]
+    assert {"restore_core.operators.base", "restore_core.operators.registry"} <= set(names)
+    for name in names:
+        result = doctest.testmod(importlib.import_module(name))
+        assert result.failed == 0 and result.attempted > 0, name
