@@ -98,12 +98,15 @@ class DiffusionModel:
                              f"crop it to {h - h % f}x{w - w % f} (images.center_crop_to_multiple)")
 
 
-def _hub_folder(repo_id: str, cache_dir: str | None) -> str:
+HUB_PATTERNS = ("*.json", "*.safetensors")  # what a hub snapshot fetches: configs and weights, no pickles
+
+
+def _hub_folder(repo_id: str, cache_dir: str | None, allow_patterns=HUB_PATTERNS) -> str:
     from huggingface_hub import snapshot_download
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     try:
-        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"], cache_dir=cache_dir,
+        return snapshot_download(repo_id, allow_patterns=list(allow_patterns), cache_dir=cache_dir,
                                  local_files_only=offline)
     except Exception as exc:  # noqa: BLE001 - the hub client raises many types
         if offline:
@@ -118,8 +121,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def resolve_model_folder(spec: str, cache_dir: str | None = None) -> str:
-    """A local folder for ``spec`` (local path, file:// URI, fsspec URI or hub id)."""
+def resolve_model_folder(spec: str, cache_dir: str | None = None, allow_patterns=HUB_PATTERNS) -> str:
+    """A local folder for ``spec`` (local path, file:// URI, fsspec URI or hub id); a hub
+    snapshot fetches only the files matching ``allow_patterns``."""
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError(f"empty model spec {spec!r}; expected a folder, a URI or a hub id")
     if "://" in spec and not spec.startswith("file://"):
@@ -135,7 +139,7 @@ def resolve_model_folder(spec: str, cache_dir: str | None = None) -> str:
     parts = spec.split("/")
     if spec.startswith((".", "/", "~", "file://")) or len(parts) != 2 or not all(parts):
         raise ModelLoadError(f"model folder not found: {spec!r} (expected a folder, a URI or a hub id owner/name)")
-    return _hub_folder(spec, cache_dir)
+    return _hub_folder(spec, cache_dir, allow_patterns)
 
 
 def load_diffusion_model(spec: str | None = None, device: str | torch.device = "cpu",

@@ -35,7 +35,7 @@ from restore_core.errors import InputError, MethodError
 TASK_PARAMS: dict[str, tuple[str, ...]] = {
     "sr2": (), "sr4": (), "sr8": (), "deblur_box5": (), "deblur_gauss": ("sigma",),
     "colorize": (), "inpaint": ("mode", "size", "keep", "seed", "mask"), "cs": ("rate", "seed"),
-    "jpeg": ("q",), "denoise": (),
+    "jpeg": ("q",), "denoise": (), "edit": ("mask", "size"),
 }
 TASKS: tuple[str, ...] = tuple(TASK_PARAMS)
 SR_FACTORS: dict[str, int] = {"sr2": 2, "sr4": 4, "sr8": 8}

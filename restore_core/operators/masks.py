@@ -7,6 +7,9 @@ Owns ``Mask`` and the mask generators (the only place that reads a mask image):
   ≥ 1); ``mode=random`` keeps exactly round(``keep``·H·W) pixels (default 0.2) drawn with
   ``seed``; ``mode=mask`` takes ``mask`` = a tensor (H, W) or an image URI (white = kept;
   the URI may not contain commas when given inside the spec string).
+* ``edit`` — ADIR §4.4 text-guided editing: ``mask`` = a tensor (H, W) or an image URI of
+  the region to *fill* (white = fill, the diffusers convention; the operator's ``mask``
+  buffer is its complement, the kept pixels), or by default a centred box of ``size``.
 * ``cs`` — SHRED §5/A.4 compressed sensing: uniform random pixel subsampling keeping
   round(``rate``·H·W) pixels (default rate 0.05), drawn with ``seed`` (default 0). y keeps
   the image shape with zeros at unobserved pixels; ``n_measurements`` counts only kept ones.
@@ -106,6 +109,24 @@ def inpaint_mask(h: int, w: int, params: dict[str, Any]) -> torch.Tensor:
     if mask.sum() == 0:
         raise InputError("inpaint mask keeps no pixel")
     return mask
+
+
+def edit_mask(h: int, w: int, params: dict[str, Any]) -> torch.Tensor:
+    """The (h, w) keep-mask of an ``edit`` spec: 1 − the fill region (see the module docstring)."""
+    given, size = params.get("mask"), params.get("size")
+    if given is None:
+        return _box_mask(h, w, 0.5 if size is None else size)
+    if size is not None:
+        raise InputError("edit takes either mask= (the region to fill) or size= (a centred box), not both")
+    fill = read_image(given).mean(dim=1)[0] > 0 if isinstance(given, str) else given
+    if not isinstance(fill, torch.Tensor) or tuple(fill.shape[-2:]) != (h, w) or fill.numel() != h * w:
+        got = "x".join(map(str, fill.shape[-2:])) if isinstance(fill, torch.Tensor) else type(fill).__name__
+        raise InputError(f"edit mask is {got} but the image is {h}x{w}; the mask must have the image's size")
+    keep = (fill.reshape(h, w).float() <= 0.5).float()
+    if keep.sum() == 0 or keep.sum() == h * w:
+        raise InputError(f"edit mask fills {'every' if keep.sum() == 0 else 'no'} pixel; white marks the region "
+                         "to fill, black the pixels kept")
+    return keep
 
 
 def cs_mask(h: int, w: int, params: dict[str, Any]) -> torch.Tensor:

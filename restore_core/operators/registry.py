@@ -21,7 +21,7 @@ from restore_core.operators.base import ACCEPTED_CHANNELS, TASK_PARAMS, Identity
 from restore_core.operators.blur import Blur, box_taps, gaussian_taps
 from restore_core.operators.color import Colorize
 from restore_core.operators.jpeg import Jpeg
-from restore_core.operators.masks import Mask, cs_mask, inpaint_mask
+from restore_core.operators.masks import Mask, cs_mask, edit_mask, inpaint_mask
 from restore_core.operators.resample import SuperResolution
 
 Shape = tuple[int, int, int]
@@ -45,6 +45,7 @@ BUILDERS: dict[str, Callable[[Shape, dict[str, Any]], Operator]] = {
     "cs": lambda shape, p: Mask(shape, cs_mask(shape[1], shape[2], p), "cs"),
     "jpeg": lambda shape, p: Jpeg(shape, p.get("q", 15)),
     "denoise": lambda shape, p: Identity(shape),
+    "edit": lambda shape, p: Mask(shape, edit_mask(shape[1], shape[2], p), "edit"),
 }
 assert BUILDERS.keys() == TASK_PARAMS.keys(), "every task of the grammar needs exactly one builder"
 
