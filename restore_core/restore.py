@@ -14,6 +14,9 @@ problem and what is accepted, before any work starts:
 * without one (blind): y's channels must be the model's;
 * the method must accept the task (``Method.tasks``).
 
+The configuration is trusted: a ``RestoreConfig`` is validated when it is built
+(``restore_core.config``), so neither this function nor the methods check it again.
+
 Warnings (in ``info["warnings"]``) note what runs but may be off: an image size other
 than the prior's training size.
 """
@@ -50,13 +53,18 @@ def restore_one(y: torch.Tensor, operator, model, cfg: RestoreConfig | None = No
                 seed: int = 0) -> tuple[torch.Tensor, dict]:
     """Restore measurement ``y`` (B, C, h, w) in [−1, 1] with ``cfg.method`` (or ``method``).
 
+    ``cfg`` is a validated ``RestoreConfig`` and is not checked again; ``method``, when
+    given, replaces its method through the same validation.
+
     Returns (x̂ (B, C, H, W) in [−1, 1], info) where info has the method's fields
     (``steps``, ``iterations``, ``stop_reason``, ``seconds_adapt``, ``seconds_sample``, …)
     plus ``method``, ``seed``, ``seconds_total`` and ``warnings``. The same seed gives the
     same output on the same device.
     """
     cfg = cfg or RestoreConfig()
-    name = method or cfg.method
+    if method is not None and method != cfg.method:
+        cfg = cfg.updated({"method": method})  # checked like any config value; cfg itself is trusted
+    name = cfg.method
     impl = get_method(name)
     _check_tensor(y, "the measurement y")
     warnings: list[str] = []

@@ -1,11 +1,15 @@
-"""``restore_one``: one row without Ray — bad input, dispatch, adapter hygiene (issue 2)."""
+"""``restore_one``: one row without Ray — bad input, dispatch, adapter hygiene, ``method=pinv``."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from helpers import make_tiny_prior
+from restore_core import images, metrics
+from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.adaptation import state_dict_hash
 from restore_core.config import RestoreConfig
 from restore_core.models.pixel_unet import load_diffusion_model
@@ -58,7 +62,7 @@ def test_ia_y_on_colorization_and_size_warning(model):
     ("odd", InputError, "not a multiple of the model's downsampling factor 2"),
     ("nonlinear", MethodError, "cannot restore task 'jpeg'"),
     ("no_neighbours", MethodError, "needs retrieved neighbour images"),
-    ("method", ConfigError, "unknown method 'magic'; accepted: adir"),
+    ("method", ConfigError, "bad value for method: 'magic'; accepted: adir"),
 ])
 def test_bad_input(model, case, error, message):
     op = build_operator("sr4", (3, SIZE, SIZE))
@@ -85,3 +89,48 @@ def test_bad_input(model, case, error, message):
         method = "magic"
     with pytest.raises(error, match=message):
         restore_one(y, op, model, CFG, method=method)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * math.log10(4.0 / (a - b).square().mean().item())  # peak-to-peak 2 in [-1, 1]
+
+
+def _held_out_crops(n: int = 3) -> torch.Tensor:
+    return torch.cat([random_crops((photo,), 1, SIZE, seed=100 + i)[0] for i, photo in enumerate(HELDOUT_PHOTOS[:n])])
+
+
+def test_pinv_on_sr4_equals_bicubic_on_held_out_photos(model):
+    """method=pinv through restore_one on noisy sr4 of real held-out photos: the bench's
+    bicubic baseline (images.resize), PSNR equal within 0.01 dB, deterministic, no model work."""
+    op = build_operator("sr4", (3, SIZE, SIZE))
+    for i, x in enumerate(_held_out_crops()):
+        y = op.degrade(x[None], 10.0, torch.Generator().manual_seed(i))
+        x_hat, info = restore_one(y, op, model, CFG, method="pinv", seed=3)
+        bicubic = images.resize(y, (SIZE, SIZE))
+        assert abs(_psnr(x_hat, x[None]) - _psnr(bicubic, x[None])) < 0.01
+        assert _psnr(x_hat, x[None]) > _psnr(torch.zeros_like(x_hat), x[None]) + 5
+        assert torch.equal(x_hat, restore_one(y, op, model, CFG, method="pinv", seed=4)[0])
+        assert info["estimate"] == "A_pinv" and info["steps"] == 0 and info["stop_reason"] == "closed_form"
+
+
+@pytest.mark.parametrize("spec", ["inpaint", "inpaint:mode=random,keep=0.3", "cs:rate=0.25", "colorize", "denoise"])
+def test_pinv_is_consistent_with_y(model, spec):
+    """Where A⁺ is the exact pseudo-inverse, x̂ fits y: exactly without noise, and at least as
+    well as the ground truth itself with noise σ = 10."""
+    op = build_operator(spec, (3, SIZE, SIZE))
+    x = _held_out_crops()
+    clean, _ = restore_one(op.A(x), op, model, CFG, method="pinv")
+    assert metrics.consistency(clean, op.A(x), op) < 1e-3
+    y = op.degrade(x, 10.0, torch.Generator().manual_seed(0))
+    x_hat, _ = restore_one(y, op, model, CFG, method="pinv")
+    assert metrics.consistency(x_hat, y, op) <= metrics.consistency(x, y, op)
+
+
+@pytest.mark.parametrize("spec", ["jpeg:q=15", "deblur_box5", None])
+def test_pinv_returns_y_for_blur_jpeg_and_blind_use(model, spec):
+    x = _held_out_crops(1)
+    op = build_operator(spec, (3, SIZE, SIZE)) if spec else None
+    y = op.degrade(x, 5.0, torch.Generator().manual_seed(0)) if op else x.clone()
+    x_hat, info = restore_one(y, op, model, CFG, method="pinv")
+    assert torch.equal(x_hat, y.clamp(-1, 1))
+    assert info["estimate"] == ("A_pinv" if spec == "deblur_box5" else "y")

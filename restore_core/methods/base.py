@@ -16,18 +16,21 @@ method module at import time. A method turns one batch of measurements y into im
 
 Each method module calls ``register(...)`` when imported. ``PROVIDERS`` maps every method
 name to its module, and ``get_method`` imports that module on first use, so a method
-whose module is missing fails only when it is asked for.
+whose module is missing fails only when it is asked for. ``PROVIDERS`` is *the* list of
+method names: ``restore_core.config.CHOICES["method"]`` and the manifest check derive
+from it. This module imports no torch at run time, so the config can read it cheaply.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from restore_core.errors import ConfigError, MethodError
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS: dict[str, "Method"] = {}
 PROVIDERS: dict[str, str] = {
@@ -38,7 +41,14 @@ PROVIDERS: dict[str, str] = {
     "shred_blind": "restore_core.methods.shred",
     "diip": "restore_core.methods.diip",
     "indi": "restore_core.methods.indi",
+    "adir_sd": "restore_core.methods.stable_diffusion",
+    "sd": "restore_core.methods.stable_diffusion",
+    "adir_edit": "restore_core.methods.stable_diffusion",
+    "sd_edit": "restore_core.methods.stable_diffusion",
+    "pinv": "restore_core.methods.pinv",
 }
+#: Every method name, in registry order (what ``--set method=`` accepts).
+METHOD_NAMES: tuple[str, ...] = tuple(PROVIDERS)
 INFO_KEYS = ("steps", "iterations", "stop_reason", "warnings", "seconds_adapt", "seconds_sample")
 
 
