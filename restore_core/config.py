@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -139,16 +140,16 @@ class RestoreConfig:
 
     # ---- construction -------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "RestoreConfig":
+    def from_dict(cls, data: dict[str, Any] | None) -> RestoreConfig:
         """Build from a (possibly nested) dict; dotted keys ``shred.lr`` also accepted."""
         return cls().updated(data or {})
 
     @classmethod
-    def preset(cls, name: str) -> "RestoreConfig":
+    def preset(cls, name: str) -> RestoreConfig:
         """The configuration of preset ``name`` (``PRESETS``; ``paper`` is ADIR Table 1)."""
         return cls.from_dict(preset_values(name))
 
-    def updated(self, data: dict[str, Any]) -> "RestoreConfig":
+    def updated(self, data: dict[str, Any]) -> RestoreConfig:
         """A copy with the (nested or dotted) keys of ``data`` set, validated once."""
         cfg = self
         for key, value in _flatten(data).items():
@@ -156,7 +157,7 @@ class RestoreConfig:
         cfg.validate()
         return cfg
 
-    def with_overrides(self, assignments: Iterable[str]) -> "RestoreConfig":
+    def with_overrides(self, assignments: Iterable[str]) -> RestoreConfig:
         """Apply ``key=value`` strings (values read as YAML, ``parse_overrides``)."""
         return self.updated(parse_overrides(assignments))
 
@@ -181,7 +182,7 @@ class RestoreConfig:
             raise ConfigError(f"bad value for sd.prompt_drop ({self.sd.prompt_drop}, must be in [0, 1]) "
                               f"or sd.noise_level ({self.sd.noise_level}, must be >= 0)")
 
-    def _set(self, key: str, value: Any) -> "RestoreConfig":
+    def _set(self, key: str, value: Any) -> RestoreConfig:
         head, _, rest = key.partition(".")
         names = {f.name: f for f in fields(self)}
         if head not in names:

@@ -3,7 +3,13 @@
 
 import pytest
 
-from restore_core.config import CHOICES, PRESETS, RestoreConfig, parse_overrides, preset_values
+from restore_core.config import (
+    CHOICES,
+    PRESETS,
+    RestoreConfig,
+    parse_overrides,
+    preset_values,
+)
 from restore_core.errors import ConfigError
 from restore_core.methods import PROVIDERS
 

@@ -16,8 +16,8 @@ from PIL import Image
 from skimage import data
 
 from restore_core import operators
-from restore_core.errors import InputError, MethodError
 from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
+from restore_core.errors import InputError, MethodError
 from restore_core.operators import (
     LINEAR_TASKS,
     TASKS,
@@ -26,6 +26,7 @@ from restore_core.operators import (
     parse_task,
     sigma_to_model_range,
 )
+
 # Odd sizes where the task allows (off-by-one padding errors show); SR needs divisibility.
 SHAPES = {"sr2": (3, 38, 30), "sr4": (3, 36, 28), "sr8": (3, 40, 48)}
 # Parameter variants that build different operators from the same task name.
@@ -38,7 +39,7 @@ def test_registry_lists_every_task_once():
     assert set(operators.TASK_PARAMS) == set(TASKS) == set(operators.BUILDERS)
     built = {t: build_operator(t, SHAPES.get(t, (3, 16, 16))) for t in TASKS}
     assert list(LINEAR_TASKS) == [t for t in TASKS if built[t].is_linear]
-    for task, op in built.items():
+    for op in built.values():
         assert isinstance(op, operators.LinearOperator) == op.is_linear
         assert hasattr(op, "A_adjoint") == hasattr(op, "A_pinv") == op.is_linear
 

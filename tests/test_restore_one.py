@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
-
 from helpers import make_tiny_prior
+
 from restore_core import images, metrics
-from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.adaptation import state_dict_hash
+from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.config import RestoreConfig
-from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.errors import ConfigError, InputError, MethodError
+from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.operators import build_operator
 from restore_core.restore import restore_one
 

@@ -6,8 +6,28 @@ of method names, also ``METHOD_NAMES``), so importing this package stays cheap a
 missing module fails only when its method is used.
 """
 
-from restore_core.methods.base import (INFO_KEYS, METHOD_NAMES, METHODS, PROVIDERS, Method, available_methods,
-                                       base_info, get_method, register, require_linear_operator)
+from restore_core.methods.base import (
+    INFO_KEYS,
+    METHOD_NAMES,
+    METHODS,
+    PROVIDERS,
+    Method,
+    available_methods,
+    base_info,
+    get_method,
+    register,
+    require_linear_operator,
+)
 
-__all__ = ["INFO_KEYS", "METHOD_NAMES", "METHODS", "PROVIDERS", "Method", "available_methods", "base_info",
-           "get_method", "register", "require_linear_operator"]
+__all__ = [
+    "INFO_KEYS",
+    "METHODS",
+    "METHOD_NAMES",
+    "PROVIDERS",
+    "Method",
+    "available_methods",
+    "base_info",
+    "get_method",
+    "register",
+    "require_linear_operator",
+]

@@ -32,7 +32,7 @@ from restore_core.errors import ConfigError, MethodError
 if TYPE_CHECKING:
     import torch
 
-METHODS: dict[str, "Method"] = {}
+METHODS: dict[str, Method] = {}
 PROVIDERS: dict[str, str] = {
     "adir": "restore_core.methods.adir",
     "ia_y": "restore_core.methods.adir",
@@ -62,13 +62,13 @@ class Method(Protocol):
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]: ...
 
 
-def register(method: "Method") -> "Method":
+def register(method: Method) -> Method:
     """Add ``method`` to ``METHODS`` under ``method.name`` (called by method modules)."""
     METHODS[method.name] = method
     return method
 
 
-def get_method(name: str) -> "Method":
+def get_method(name: str) -> Method:
     """The method registered as ``name``, importing its module on first use."""
     if name not in METHODS:
         module = PROVIDERS.get(name)

@@ -22,9 +22,19 @@ Tasks (:data:`TASKS`); parameters are given in the spec, e.g. ``"deblur_gauss:si
 ((3, 8, 8), True, 4)
 """
 
-from restore_core.operators.base import (ACCEPTED_CHANNELS, SR_FACTORS, TASK_PARAMS, TASKS, Identity,
-                                         LinearOperator, Operator, TaskSpec, check_params, parse_task,
-                                         sigma_to_model_range)
+from restore_core.operators.base import (
+    ACCEPTED_CHANNELS,
+    SR_FACTORS,
+    TASK_PARAMS,
+    TASKS,
+    Identity,
+    LinearOperator,
+    Operator,
+    TaskSpec,
+    check_params,
+    parse_task,
+    sigma_to_model_range,
+)
 from restore_core.operators.blur import Blur, FilterSubsample, box_taps, gaussian_taps
 from restore_core.operators.color import Colorize
 from restore_core.operators.jpeg import Jpeg
@@ -36,8 +46,30 @@ from restore_core.operators.resample import SuperResolution, bicubic_antialias_t
 LINEAR_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t != "jpeg")
 
 __all__ = [
-    "ACCEPTED_CHANNELS", "BUILDERS", "LINEAR_TASKS", "SR_FACTORS", "TASK_PARAMS", "TASKS", "Blur", "Colorize",
-    "FilterSubsample", "Identity", "Jpeg", "LinearOperator", "Mask", "Operator", "SuperResolution", "TaskSpec",
-    "bicubic_antialias_taps", "box_taps", "build_operator", "check_params", "cs_mask", "gaussian_taps",
-    "inpaint_mask", "kept_pixels_mask", "parse_task", "sigma_to_model_range",
+    "ACCEPTED_CHANNELS",
+    "BUILDERS",
+    "LINEAR_TASKS",
+    "SR_FACTORS",
+    "TASKS",
+    "TASK_PARAMS",
+    "Blur",
+    "Colorize",
+    "FilterSubsample",
+    "Identity",
+    "Jpeg",
+    "LinearOperator",
+    "Mask",
+    "Operator",
+    "SuperResolution",
+    "TaskSpec",
+    "bicubic_antialias_taps",
+    "box_taps",
+    "build_operator",
+    "check_params",
+    "cs_mask",
+    "gaussian_taps",
+    "inpaint_mask",
+    "kept_pixels_mask",
+    "parse_task",
+    "sigma_to_model_range",
 ]

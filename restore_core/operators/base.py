@@ -64,7 +64,7 @@ class TaskSpec(NamedTuple):
     def sr_factor(self) -> int:
         return SR_FACTORS.get(self.name, 1)
 
-    def with_params(self, **params: Any) -> "TaskSpec":
+    def with_params(self, **params: Any) -> TaskSpec:
         """This spec with ``params`` added or replaced, checked again."""
         merged = {**self.params, **params}
         check_params(self.name, merged)

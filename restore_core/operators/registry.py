@@ -14,10 +14,18 @@ checks the parameter *values* itself. Adding a task is one ``TASK_PARAMS`` entry
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from restore_core.errors import InputError
-from restore_core.operators.base import ACCEPTED_CHANNELS, TASK_PARAMS, Identity, Operator, TaskSpec, parse_task
+from restore_core.operators.base import (
+    ACCEPTED_CHANNELS,
+    TASK_PARAMS,
+    Identity,
+    Operator,
+    TaskSpec,
+    parse_task,
+)
 from restore_core.operators.blur import Blur, box_taps, gaussian_taps
 from restore_core.operators.color import Colorize
 from restore_core.operators.jpeg import Jpeg
