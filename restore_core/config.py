@@ -75,7 +75,7 @@ class IndiConfig:
 
 @dataclass
 class SdConfig:
-    """Stable Diffusion methods (paper 001 §4.1 SR x4, §4.4 editing; Table 1 row ADIR-SD)."""
+    """Stable Diffusion methods (ADIR revised version §4.1 SR x4, §4.4 editing; Table 1 row ADIR-SD)."""
 
     steps: int = 50  # Table 1: 50 diffusion steps for ADIR-SD (the row's ``steps`` is the pixel prior's)
     noise_level: int = 20  # x4 upscaler: noise added to the low-res image, 0..max_noise_level (pipeline default)
@@ -302,8 +302,8 @@ def parse_overrides(assignments: Iterable[str]) -> dict[str, Any]:
 # ADIR Table 1, row ADIR-GD, as written: 400 adaptation iterations at lr 1e-4 on K = 20
 # neighbours, guidance scale s = 10 used as in Algorithm 1 (no λ_max normalisation), 1000
 # diffusion steps; with §4's LoRA rank 16, scaling 8 and batches of 6.
-# The fast preset is chosen by `adir bench cost` (see README, "Cost"): respaced sampling
-# and fewer adaptation iterations, measured against the paper preset on the same images.
+# The fast preset is the one `adir bench cost` selects (README, "Cost"): respaced sampling
+# and fewer adaptation iterations, with the default (normalised) guidance.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"steps": 1000, "adapt_iters": 400, "adapt_lr": 1e-4, "k": 20, "guidance_mode": "paper",
               "guidance_scale": 10.0, "lora_rank": 16, "lora_alpha": 8, "adapt_batch": 6},
