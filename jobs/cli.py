@@ -28,11 +28,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-prior": ("jobs.train.prior", "train the small pixel-space DDPM prior"),
     "train-embedder": ("jobs.train.embedder", "train the small degradation-robust embedder"),
     "train-indi": ("jobs.train.indi", "train an InDI restorer for one task"),
+    "convert-guided-diffusion": ("jobs.convert_guided_diffusion", "OpenAI guided-diffusion .pt -> diffusers folder"),
 }
 
 BENCHES: dict[str, tuple[str, str]] = {
     "ablation": ("jobs.bench.ablation", "ADIR Table 6 ablation: gd, ia_y, ia_random, ia_mse, adir"),
     "cost": ("jobs.bench.cost", "paper configuration against the fast preset (P2)"),
+    "peers": ("jobs.bench.peers", "our samplers against DDRM / DiffPIR / DPS on the same prior, with adaptation"),
     "pipeline": ("jobs.bench.pipeline", "Ray pipeline scaling and overhead (P3)"),
     "index": ("jobs.bench.index", "retrieval index speed/recall (P1), embedding build (P4)"),
     "indi": ("jobs.bench.indi", "InDI perception-distortion table over N steps"),
