@@ -10,9 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from index_builder.embedder import save_tiny_embedder
 from jobs.cli import main as adir
-from tests.helpers import make_tiny_prior
+from tests.helpers import make_tiny_prior, save_tiny_embedder
 
 
 @pytest.fixture(scope="module")
@@ -29,30 +28,34 @@ def test_two_image_ablation_writes_its_tables(assets, tmp_path):
                  "--k", "4", "--corpus", "12", "--model", prior, "--embedder", embedder, "--output", str(out)])
     assert code == 0
     table = json.loads((out / "ablation.json").read_text())
-    assert [t["arm"] for t in table] == ["gd", "ia_y", "ia_random", "ia_mse", "adir", "bicubic"]
+    assert [t["arm"] for t in table] == ["gd", "ia_y", "ia_random", "ia_mse", "adir", "ia_oracle", "bicubic"]
     for t in table:
         assert t["n_images"] == 2 and t["n_failed"] == 0
-        for key in ("psnr", "ssim", "consistency", "seconds_per_image"):
+        for key in ("psnr", "ssim", "gmsd", "nlpd", "consistency", "seconds_per_image"):
             assert math.isfinite(t[key]), (t["arm"], key)
         if t["arm"] != "bicubic":
             assert math.isfinite(t["heldout_loss"]) and t["steps"] == 5
     assert all(t["iterations"] == 2 for t in table if t["arm"] not in ("gd", "bicubic"))
     rows = pq.read_table(out / "ablation_rows.parquet").to_pylist()
-    assert len(rows) == 12
+    assert len(rows) == 14
     # the retrieval arms adapt on different neighbour sets drawn from the training corpus
     neighbours = {r["arm"]: tuple(r["neighbour_ids"]) for r in rows if r["image_id"] == rows[0]["image_id"]}
     assert len(neighbours["adir"]) == 4 and neighbours["adir"] != neighbours["ia_random"]
     assert all(n.split("-")[0] not in ("chelsea", "coffee", "grace_hopper") for n in neighbours["adir"])
-    assert pq.read_table(out / "ablation.parquet").num_rows == 6
+    # the oracle adapts on the target's own photo
+    assert all(n.startswith(rows[0]["image_id"].split("-")[0] + "-oracle") for n in neighbours["ia_oracle"])
+    assert pq.read_table(out / "ablation.parquet").num_rows == 7
     run = json.loads((out / "ablation_run.json").read_text())
     assert run["config"]["steps"] == 5 and run["index"]["count"] == 12
     adir_entry = next(t for t in table if t["arm"] == "adir")
-    assert set(adir_entry["paired"]) == {"ia_y", "ia_random", "ia_mse", "bicubic"}
+    assert set(adir_entry["paired"]) == {f"{o}:{m}" for o in ("ia_y", "ia_random", "ia_mse", "ia_oracle", "bicubic")
+                                         for m in ("psnr", "gmsd")}
     assert adir_entry["n_paired"] == 2 and adir_entry["psnr_gain_se_vs_gd"] is not None
+    assert adir_entry["gmsd_gain_se_vs_gd"] is not None
 
 
 def test_paired_gain_is_mean_difference_with_standard_error():
-    from jobs.bench.ablation import paired_gain
+    from jobs.bench.common import paired_gain
 
     def rec(arm, image, psnr, status="ok"):
         return {"arm": arm, "image_id": image, "psnr": psnr, "status": status}

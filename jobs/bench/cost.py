@@ -18,7 +18,7 @@ loss). The goal of issue 4 — ≥ 10× less wall time at ≤ 0.3 dB PSNR loss �
 met or not for every configuration. ``cost_rows.parquet`` has one row per image and
 configuration, ``cost_run.json`` the provenance (command, machine, prior, index).
 
-Imports the setup and scoring of ``jobs.bench.ablation``.
+Imports the setup and scoring of ``jobs.bench.common`` and ``jobs.bench.tables``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import time
 
 import torch
 
-from jobs.bench.ablation import (add_common_options, prepare, print_table, restore_config, run_arm, run_info,
-                                 summarise, write_tables)
+from jobs.bench.common import Arm, add_common_options, prepare, restore_config, run_arm
+from jobs.bench.tables import print_table, run_info, summarise, write_tables
 
 log = logging.getLogger("adir.bench.cost")
 GOAL_SPEEDUP = 10.0
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     os.makedirs(args.output, exist_ok=True)
     start = time.perf_counter()
     setup = prepare(args, cfg=configs[0][1])
-    arm = {"adir": "adir", "ia_y": "ia_y", "gd": "gd"}.get(args.method, args.method)
+    arm = Arm(args.method, args.method, "clip" if args.method == "adir" else None)
     records = []
     for i, image_id in enumerate(setup.image_ids):
         for name, cfg in configs:
@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
             log.info("[%d/%d] %s %-8s psnr %s  %.1fs", i + 1, len(setup.image_ids), image_id, name,
                      f"{r['psnr']:.2f}" if r.get("psnr") is not None else r["status"], r.get("seconds_total", 0))
     ref = configs[0][0]
-    table = summarise(records, [n for n, _ in configs], reference=ref)
+    table = summarise(records, [n for n, _ in configs], reference=ref, focus=None)
     ref_seconds = table[0].get("seconds_per_image")
     for j, (name, cfg) in enumerate(configs):
         entry = table[j] = {"config": name, "method": args.method, "steps": cfg.steps,
@@ -92,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
             entry["meets_goal"] = bool(entry[f"speedup_vs_{ref}"] >= GOAL_SPEEDUP and gain >= -GOAL_PSNR_LOSS)
     write_tables(args.output, "cost", table, records, run_info(args, setup, time.perf_counter() - start))
     print_table(f"cost: {args.method} on {args.task}, {len(setup.image_ids)} {args.split} crops "
-                f"(reference {ref})", [dict(t, arm=t["config"]) for t in table])
+                f"(reference {ref})", [dict(t, arm=t["config"]) for t in table], reference=ref)
     for entry in table[1:]:
         print(f"{entry['config']}: {entry[f'speedup_vs_{ref}'] or float('nan'):.1f}x less wall time than {ref}, "
               f"PSNR {entry[f'psnr_delta_vs_{ref}'] if entry[f'psnr_delta_vs_{ref}'] is not None else float('nan'):+.2f} dB; "
