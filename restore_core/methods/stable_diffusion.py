@@ -76,14 +76,14 @@ class SDMethod:
     """Shared flow: check, optionally adapt a fresh LoRA on the neighbours, then sample."""
 
     needs_operator = True
-    kind = ""  # the StableDiffusionModel kind this method runs on
+    model_kind = ""  # the StableDiffusionModel kind this method runs on (the row path loads it)
 
     def __init__(self, name: str, adapt: bool):
         self.name = name
         self.uses_neighbours = adapt
 
     def restore(self, y, operator, model, cfg, *, neighbours=None, generator=None):
-        model = _require_model(self.name, model, self.kind)
+        model = _require_model(self.name, model, self.model_kind)
         if operator is None or operator.name not in self.tasks:
             raise MethodError(f"method {self.name!r} restores task {self.tasks[0]!r}; got "
                               f"{getattr(operator, 'name', None)!r}")
@@ -113,7 +113,7 @@ class SDUpscale(SDMethod):
     """``sd`` / ``adir_sd``: StableDiffusionUpscalePipeline, y (B, 3, h, w) → x (B, 3, 4h, 4w)."""
 
     tasks = ("sr4",)
-    kind = "upscale"
+    model_kind = "upscale"
 
     def _check(self, y, operator, model, cfg) -> str:
         factor = round(operator.image_shape[-1] / operator.output_shape[-1])
@@ -143,7 +143,7 @@ class SDEdit(SDMethod):
     operator's mask (kept = 1), the fill region (1 − kept) regenerated from the prompt."""
 
     tasks = ("edit",)
-    kind = "inpaint"
+    model_kind = "inpaint"
 
     def _check(self, y, operator, model, cfg) -> str:
         prompt = cfg.sd.prompt.strip()

@@ -113,6 +113,12 @@ class StableDiffusionModel:
                              "(epsilon or v_prediction)")
 
 
+def config_spec(cfg, kind: str) -> str:
+    """The model spec a ``RestoreConfig`` names for ``kind``: ``sd_model`` (upscale) or
+    ``sd_inpaint_model`` (inpaint)."""
+    return cfg.sd_model if kind == "upscale" else cfg.sd_inpaint_model
+
+
 def _pipeline_class(kind: str):
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionUpscalePipeline
 
