@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F

@@ -17,8 +17,8 @@ import time
 
 import pytest
 import torch
-
 from helpers_sd import save_tiny_inpainter, save_tiny_upscaler
+
 from restore_core.adaptation import state_dict_hash
 from restore_core.bundled_photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, random_crops
 from restore_core.config import RestoreConfig
@@ -222,3 +222,38 @@ def test_edit_without_prompt_or_with_a_mask_of_another_size_fails_before_model_w
     finally:
         hook.remove()
     assert not calls
+
+
+# ---- latent adaptation pieces ------------------------------------------------------------
+def test_adapter_is_removed_even_when_training_fails(upscaler):
+    from restore_core.latent_adaptation import sd_lora_adapter
+
+    before = state_dict_hash(upscaler.unet)
+    with pytest.raises(RuntimeError, match="boom"), sd_lora_adapter(upscaler.unet, 16, 8, seed=1) as params:
+        assert params and all(p.requires_grad for p in params)
+        assert all("lora_" in n for n, p in upscaler.unet.named_parameters() if p.requires_grad)
+        raise RuntimeError("boom")
+    assert state_dict_hash(upscaler.unet) == before and not getattr(upscaler.unet, "peft_config", None)
+    assert not any(p.requires_grad for p in upscaler.unet.parameters())
+
+
+def test_v_prediction_target_inverts_to_the_clean_latent(upscaler):
+    """A perfect v-predictor recovers z₀ = √ᾱ z_t − √(1−ᾱ) v: the target matches the
+    scheduler's own noising, so the adaptation loss trains what the sampler assumes."""
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 900])
+    zt = upscaler.pipe.scheduler.add_noise(z0, noise, t)
+    v = upscaler.training_target(z0, noise, t)
+    a = upscaler.pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(a.sqrt() * zt - (1 - a).sqrt() * v, z0, atol=1e-5)
+
+
+def test_random_fill_masks_are_binary_boxes_or_whole_crops():
+    from restore_core.latent_adaptation import random_fill_masks
+
+    m = random_fill_masks(200, 32, 24, torch.Generator().manual_seed(0))
+    assert m.shape == (200, 1, 32, 24) and set(m.unique().tolist()) == {0.0, 1.0}
+    full = (m.flatten(1).mean(1) == 1).float().mean().item()
+    assert 0.15 < full < 0.35  # FULL_MASK_RATE = 0.25
+    assert torch.equal(m, random_fill_masks(200, 32, 24, torch.Generator().manual_seed(0)))

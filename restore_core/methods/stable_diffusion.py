@@ -30,7 +30,12 @@ import time
 import torch
 
 from restore_core.errors import InputError, MethodError
-from restore_core.latent_adaptation import inpaint_loss, sd_lora_adapter, train_adapter, upscaler_loss
+from restore_core.latent_adaptation import (
+    inpaint_loss,
+    sd_lora_adapter,
+    train_adapter,
+    upscaler_loss,
+)
 from restore_core.methods.adir import _adaptation_seed
 from restore_core.methods.base import base_info, register
 from restore_core.models.stable_diffusion import StableDiffusionModel
