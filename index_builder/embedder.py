@@ -35,12 +35,15 @@ DEFAULT_EMBEDDER_DIR = SHIPPED_MODELS / "embedder"
 # ``shipped:<path>`` names a file under the repo's models/ folder wherever the repo is checked
 # out, so an index built with the shipped embedder (its embedder.json) loads on another machine.
 SHIPPED_PREFIX = "shipped:"
-# models/embedder/{adir-tiny.json, open_clip_model.safetensors} come from jobs/train/embedder.py.
+# models/embedder/{adir-tiny.json, open_clip_model.safetensors} come from jobs/train/embedder.py,
+# which trains the image tower only: its text tower is an untrained placeholder, so "text": False.
 DEFAULT_EMBEDDER: dict[str, Any] = {
     "model": "adir-tiny",
     "pretrained": SHIPPED_PREFIX + "embedder/open_clip_model.safetensors",
     "config": SHIPPED_PREFIX + "embedder/adir-tiny.json",
+    "text": False,
 }
+SPEC_KEYS = ("model", "pretrained", "config", "text")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
@@ -87,23 +90,30 @@ def normalize_spec(spec: dict | str | None) -> dict[str, Any]:
         if s.startswith("{"):
             spec = json.loads(s)
         elif storage.is_local(s) and os.path.isdir(storage.local_path(s)):
-            return spec_from_dir(s)
+            spec = spec_from_dir(s)
         else:
             spec = {"model": s}
-    unknown = set(spec) - {"model", "pretrained", "config"}
+    unknown = set(spec) - set(SPEC_KEYS)
     if "model" not in spec or unknown:
-        raise InputError(f"embedder spec {spec!r} needs 'model' and accepts only model, pretrained, config")
-    return {"model": spec["model"], "pretrained": spec.get("pretrained"), "config": spec.get("config")}
+        raise InputError(f"embedder spec {spec!r} needs 'model' and accepts only {', '.join(SPEC_KEYS)}")
+    out = {k: spec.get(k) for k in SPEC_KEYS[:3]}
+    if spec.get("text") is not None:  # False: the text tower is not to be used (untrained)
+        out["text"] = bool(spec["text"])
+    if out == {k: v for k, v in DEFAULT_EMBEDDER.items() if k != "text"}:
+        out["text"] = False  # the shipped embedder named without its flag (older index folders)
+    return out
 
 
 class Embedder:
     """An open_clip image tower: ``embed(x)`` gives L2-normalised float32 embeddings (N, D)."""
 
     def __init__(self, model_name: str, pretrained: str | None = None, device: str | None = None,
-                 config: str | None = None, batch_size: int = 64):
+                 config: str | None = None, batch_size: int = 64, text: bool | None = None):
         import open_clip
 
         self.spec = {"model": model_name, "pretrained": pretrained, "config": config}
+        if text is not None:
+            self.spec["text"] = text
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
         try:
@@ -129,6 +139,19 @@ class Embedder:
         self.mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(norm.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.dim = int(model.visual.output_dim)
+        # text tower (ADIR §4.4: neighbours of a prompt, eq. 19 with the text embedding)
+        self.has_text = text is not False and hasattr(model, "encode_text")
+        self.tokenizer = open_clip.get_tokenizer(model_name) if self.has_text else None
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised float32 text embeddings (N, D) with open_clip's own tokenizer; an
+        embedder without a (usable) text tower is refused with an ``InputError``."""
+        if not self.has_text:
+            raise InputError(f"embedder {self.spec['model']} has no text tower (image-only); text queries need an "
+                             "open_clip model with a trained text tower")
+        with torch.no_grad():
+            z = self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
+        return F.normalize(z.float(), dim=-1).cpu().numpy().astype(np.float32)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images (N, 1|3, H, W) → (N, 3, S, S) in [-1, 1] at the tower's size S."""
@@ -161,27 +184,5 @@ class Embedder:
 def load_embedder(spec: dict | str | None = None, device: str | None = None, batch_size: int = 64) -> Embedder:
     """An :class:`Embedder` from a spec (see :func:`normalize_spec`); None = ``DEFAULT_EMBEDDER``."""
     s = normalize_spec(spec)
-    return Embedder(s["model"], s["pretrained"], device=device, config=s["config"], batch_size=batch_size)
-
-
-def save_tiny_embedder(out_dir: str, seed: int = 0, name: str = "tiny-test-vit", embed_dim: int = 32,
-                       image_size: int = 32) -> dict[str, Any]:
-    """A tiny random open_clip model (ViT image tower of width 64, one layer; minimal text
-    tower) saved as ``<out_dir>/<name>.json`` + ``open_clip_model.safetensors`` — loaded back
-    through the same ``pretrained=path`` code path as real weights. Returns its spec."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    cfg = {"embed_dim": embed_dim,
-           "vision_cfg": {"image_size": image_size, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8},
-           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 1, "layers": 1}}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / f"{name}.json"
-    cfg_path.write_text(json.dumps(cfg, indent=1))
-    open_clip.add_model_config(cfg_path)
-    torch.manual_seed(seed)
-    model = open_clip.create_model(name)
-    weights = out / "open_clip_model.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    return {"model": name, "pretrained": str(weights), "config": str(cfg_path)}
+    return Embedder(s["model"], s["pretrained"], device=device, config=s["config"], batch_size=batch_size,
+                    text=s.get("text"))

@@ -10,9 +10,12 @@ fixed-size shards; each shard becomes, under ``<output>/``:
   for the ``mse`` retrieval ablation of paper 000, Table 6).
 
 Both files are written atomically (``restore_core.storage.atomic_write_bytes``), the
-skipped table first; the embeddings part is the shard's commit marker, so a rerun skips
-exactly the shards whose embeddings part exists and redoes the others. ``_plan.json`` pins
-the row count and shard size so a rerun cannot silently mis-number shards.
+skipped table first; the embeddings part is the shard's commit marker. Resume is keyed by
+content (issue 12): each embeddings part carries, in its Parquet metadata, the hash of its
+shard's listing (ids and URIs) and of the embedder spec and thumbnail size
+(:func:`listing_key`); a rerun skips exactly the shards whose part carries the key of the
+current listing and redoes the others, so a corpus with swapped images, another shard size
+or another embedder never reuses stale vectors.
 
 The per-shard work (:func:`embed_rows`) is plain Python and runs without Ray; the actor
 (:class:`ShardEmbedder`) only loads the embedder once and calls it. On a 2-core machine
@@ -22,6 +25,7 @@ actors wait forever) and one torch thread each.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -101,14 +105,35 @@ def embed_rows(embedder, image_ids: list[str], uris: list[str],
     return emb, skip
 
 
-def write_shard(output_uri: str, index: int, emb: pa.Table, skipped: pa.Table) -> None:
-    """Skipped table first, then the embeddings part (the commit marker); both atomic."""
+KEY_FIELD = b"adir.listing_key"
+
+
+def listing_key(spec: dict, thumb_size: int, image_ids: list[str], uris: list[str]) -> str:
+    """sha256 of what decides a shard's embeddings: embedder spec, thumbnail size, ids, URIs."""
+    h = hashlib.sha256(json.dumps([spec, thumb_size], sort_keys=True).encode())
+    for values in (image_ids, uris):
+        h.update("\0".join(values).encode())
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def write_shard(output_uri: str, index: int, emb: pa.Table, skipped: pa.Table, key: str | None = None) -> None:
+    """Skipped table first, then the embeddings part (the commit marker, carrying ``key``); atomic."""
     storage.atomic_write_bytes(storage.join(output_uri, "skipped", part_name(index)), _to_parquet_bytes(skipped))
+    if key is not None:
+        emb = emb.replace_schema_metadata({KEY_FIELD: key.encode()})
     storage.atomic_write_bytes(storage.join(output_uri, "embeddings", part_name(index)), _to_parquet_bytes(emb))
 
 
-def shard_done(output_uri: str, index: int) -> bool:
-    return storage.exists(storage.join(output_uri, "embeddings", part_name(index)))
+def shard_done(output_uri: str, index: int, key: str) -> bool:
+    """Whether shard ``index``'s embeddings part exists and was made from the listing ``key``."""
+    uri = storage.join(output_uri, "embeddings", part_name(index))
+    if not storage.exists(uri):
+        return False
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as fh:
+        meta = pq.ParquetFile(fh).schema_arrow.metadata or {}
+    return meta.get(KEY_FIELD, b"").decode() == key
 
 
 class ShardEmbedder:
@@ -129,24 +154,12 @@ class ShardEmbedder:
         """Returns once the embedder is loaded (so throughput excludes actor start-up)."""
         return os.getpid()
 
-    def run(self, index: int, image_ids: list[str], uris: list[str]) -> dict[str, Any]:
+    def run(self, index: int, image_ids: list[str], uris: list[str], key: str | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         emb, skipped = embed_rows(self.embedder, image_ids, uris, self.thumb_size)
-        write_shard(self.output_uri, index, emb, skipped)
+        write_shard(self.output_uri, index, emb, skipped, key)
         return {"shard": index, "images": emb.num_rows, "skipped": skipped.num_rows,
                 "seconds": time.perf_counter() - start, "pid": os.getpid()}
-
-
-def _check_plan(output_uri: str, n_rows: int, shard_size: int) -> None:
-    plan_uri = storage.join(output_uri, "embeddings", "_plan.json")
-    plan = {"rows": n_rows, "shard_size": shard_size}
-    if storage.exists(plan_uri):
-        old = json.loads(storage.read_bytes(plan_uri))
-        if old != plan:
-            raise InputError(f"{output_uri} holds shards of another plan {old}; this run is {plan}. "
-                             "Use a new output or the same manifest and --shard-size")
-    else:
-        storage.atomic_write_bytes(plan_uri, json.dumps(plan).encode())
 
 
 def _fmt_seconds(s: float) -> str:
@@ -176,9 +189,11 @@ def build_embeddings(manifest: pa.Table, output_uri: str, embedder_spec: dict | 
         raise InputError(f"workers must be >= 1, got {workers}")
     spec = normalize_spec(embedder_spec)
     say = progress or log.info
-    _check_plan(output_uri, manifest.num_rows, shard_size)
     shards = plan_shards(manifest.num_rows, shard_size)
-    pending = [i for i in range(len(shards)) if not shard_done(output_uri, i)]
+    ids = manifest.column("image_id").to_pylist()
+    uris = manifest.column("uri").to_pylist()
+    keys = [listing_key(spec, thumb_size, ids[a:b], uris[a:b]) for a, b in shards]
+    pending = [i for i in range(len(shards)) if not shard_done(output_uri, i, keys[i])]
     summary = {"shards": len(shards), "shards_done": 0, "shards_already_complete": len(shards) - len(pending),
                "images": 0, "skipped": 0, "seconds": 0.0, "workers": workers}
     if not pending:
@@ -194,8 +209,6 @@ def build_embeddings(manifest: pa.Table, output_uri: str, embedder_spec: dict | 
     n_actors = min(workers, len(pending))
     actors = [actor_cls.remote(spec, output_uri, thumb_size, "cuda" if use_gpu else (device or "cpu"),
                                max(1, int(cpus)), batch_size) for _ in range(n_actors)]
-    ids = manifest.column("image_id").to_pylist()
-    uris = manifest.column("uri").to_pylist()
     todo_images = sum(shards[i][1] - shards[i][0] for i in pending)
     say(f"embedding {todo_images} images in {len(pending)} shards ({summary['shards_already_complete']} already "
         f"complete) on {n_actors} worker(s) x {cpus:.2f} CPU{' + 1 GPU' if use_gpu else ''} -> {output_uri}")
@@ -204,7 +217,7 @@ def build_embeddings(manifest: pa.Table, output_uri: str, embedder_spec: dict | 
     summary["startup_seconds"] = time.perf_counter() - startup
     start = time.perf_counter()
     pool = ActorPool(actors)
-    jobs = [(i, ids[shards[i][0]:shards[i][1]], uris[shards[i][0]:shards[i][1]]) for i in pending]
+    jobs = [(i, ids[shards[i][0]:shards[i][1]], uris[shards[i][0]:shards[i][1]], keys[i]) for i in pending]
     seen_rows, pids = 0, set()
     try:
         for stats in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
@@ -229,22 +242,29 @@ def build_embeddings(manifest: pa.Table, output_uri: str, embedder_spec: dict | 
     return summary
 
 
-def _read_parts(output_uri: str, folder: str) -> list[pa.Table]:
-    return [pq.read_table(io.BytesIO(storage.read_bytes(u)))
-            for u in storage.listdir(storage.join(output_uri, folder), suffix=".parquet")]
+def part_uris(output_uri: str, folder: str, count: int | None = None) -> list[str]:
+    """URIs of ``folder``'s parts: the first ``count`` (the current plan) or all present."""
+    if count is None:
+        return storage.listdir(storage.join(output_uri, folder), suffix=".parquet")
+    return [storage.join(output_uri, folder, part_name(i)) for i in range(count)]
 
 
-def read_embeddings(output_uri: str) -> pa.Table:
-    """All embedding parts concatenated in shard order (image_id, uri, embedding, thumbnail)."""
-    parts = _read_parts(output_uri, "embeddings")
+def _read_parts(output_uri: str, folder: str, count: int | None) -> list[pa.Table]:
+    return [pq.read_table(io.BytesIO(storage.read_bytes(u))) for u in part_uris(output_uri, folder, count)]
+
+
+def read_embeddings(output_uri: str, count: int | None = None) -> pa.Table:
+    """Embedding parts concatenated in shard order (image_id, uri, embedding, thumbnail): the
+    first ``count`` (the current plan), or all present."""
+    parts = _read_parts(output_uri, "embeddings", count)
     if not parts:
         raise InputError(f"no embedding shards under {storage.join(output_uri, 'embeddings')}")
     return pa.concat_tables(parts)
 
 
-def read_skipped(output_uri: str) -> pa.Table:
-    """All skipped tables concatenated (image_id, uri, reason)."""
-    parts = _read_parts(output_uri, "skipped")
+def read_skipped(output_uri: str, count: int | None = None) -> pa.Table:
+    """Skipped tables concatenated (image_id, uri, reason); ``count`` as for read_embeddings."""
+    parts = _read_parts(output_uri, "skipped", count)
     return pa.concat_tables(parts) if parts else SKIPPED_SCHEMA.empty_table()
 
 

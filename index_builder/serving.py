@@ -1,0 +1,235 @@
+"""Serving a parts-layout index: in one process, or sharded over Ray actors with fan-out.
+
+A parts-layout index folder (written by ``index_builder.sharded_index``) holds
+``index.json`` (the manifest, listing the parts with their row counts and global row
+offsets), ``parts/trained.faiss`` (the trained empty index: IVF quantizer and PQ
+codebooks, or an empty flat index) and ``parts/part-NNNNN.parquet`` (``image_id``,
+``uri``, ``code`` — faiss standalone codes, ``sa_encode`` — and optionally ``thumbnail``
+for ``mode=mse``). Thumbnails thus live with the shards: whoever holds a shard holds its
+thumbnails, nobody loads all of them.
+
+* :class:`ShardIndex` — some parts added (``add_sa_codes``) to a copy of the trained empty
+  index, with their global row ids, ids/URIs and thumbnails. ``search`` answers in global
+  row ids; ``mse`` is the brute-force thumbnail search of ``Retriever``'s ``mse`` mode.
+  Holding every part, it is the merged index (what a single restore actor loads).
+* :class:`FanOut` — the same interface over several ``ShardIndex`` holders (Ray actors, or
+  plain objects in tests): every query goes to every shard and the per-shard top-K are
+  merged exactly (``index_builder.tuning.merge_topk``), so a fan-out answers what the merged
+  index answers, row for row. :func:`start_shard_servers` starts named, detached-free shard
+  actors that restore actors reach with :func:`connect`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from index_builder.tuning import merge_topk
+from restore_core import storage
+from restore_core.errors import InputError
+
+PARTS_DIR = "parts"
+TRAINED_NAME = "trained.faiss"
+
+
+def part_uri(index_uri: str, i: int) -> str:
+    return storage.join(index_uri, PARTS_DIR, f"part-{i:05d}.parquet")
+
+
+def read_manifest(index_uri: str) -> dict:
+    uri = storage.join(index_uri, "index.json")
+    if not storage.exists(uri):
+        raise InputError(f"no index at {index_uri}: {uri} does not exist")
+    return json.loads(storage.read_bytes(uri))
+
+
+def load_trained(index_uri: str):
+    import faiss
+
+    data = storage.read_bytes(storage.join(index_uri, PARTS_DIR, TRAINED_NAME))
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+
+
+def fixed_binary_to_uint8(col) -> np.ndarray:
+    """(n, width) uint8 view of a fixed-size-binary Arrow column (codes, thumbnails)."""
+    col = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+    width = col.type.byte_width
+    return np.frombuffer(col.buffers()[1], np.uint8, count=len(col) * width,
+                         offset=col.offset * width).reshape(len(col), width)
+
+
+def set_search_params(index, kind: str, params: dict) -> None:
+    """efSearch / nprobe of ``params`` on a faiss index of ``kind``."""
+    import faiss
+
+    if kind in ("ivf", "ivfpq"):
+        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+    elif kind == "hnsw":
+        index.hnsw.efSearch = int(params["efSearch"])
+
+
+def thumb_mse(thumbs: np.ndarray, global_ids: np.ndarray, query: np.ndarray, k: int):
+    """(rms distances (1, k), global ids (1, k)) of the ``k`` thumbnails (n, s·s·3 uint8)
+    nearest to ``query`` (s·s·3 floats in [0, 1]), by brute force in chunks."""
+    d2 = np.empty(len(thumbs), np.float32)
+    for s in range(0, len(thumbs), 65536):
+        d2[s:s + 65536] = ((thumbs[s:s + 65536].astype(np.float32) / 255.0 - query) ** 2).mean(1)
+    top = np.argsort(d2, kind="stable")[:k]
+    return merge_topk([(np.sqrt(d2[top])[None], global_ids[top][None])], k)
+
+
+class ShardIndex:
+    """Parts of one index in this process (module doc)."""
+
+    def __init__(self, kind: str, params: dict, trained, threads: int | None = None):
+        import faiss
+
+        if threads:
+            faiss.omp_set_num_threads(threads)
+        self.kind, self.params = kind, dict(params)
+        self.index = faiss.clone_index(trained)
+        self.dim = self.index.d
+        self.global_ids = np.zeros(0, np.int64)
+        self.image_ids: list[str] = []
+        self.uris: list[str] = []
+        self.thumbs: list[np.ndarray] = []
+        self._lookup: dict | None = None
+
+    @classmethod
+    def from_parts(cls, index_uri: str, parts: list[int] | None = None, threads: int | None = None) -> "ShardIndex":
+        """Load ``parts`` (default: all) of a parts-layout index folder."""
+        m = read_manifest(index_uri)
+        shard = cls(m["kind"], m["params"], load_trained(index_uri), threads)
+        for i in range(len(m["parts"])) if parts is None else parts:
+            table = pq.read_table(io.BytesIO(storage.read_bytes(part_uri(index_uri, i))))
+            shard.add_part(fixed_binary_to_uint8(table.column("code")), m["parts"][i]["offset"],
+                           table.column("image_id").to_pylist(), table.column("uri").to_pylist(),
+                           fixed_binary_to_uint8(table.column("thumbnail"))
+                           if "thumbnail" in table.column_names else None)
+        return shard
+
+    def add_part(self, codes: np.ndarray, offset: int, image_ids: list[str], uris: list[str],
+                 thumbs: np.ndarray | None) -> None:
+        """Append one part's standalone codes; its rows are ``offset … offset + n − 1``."""
+        self.index.add_sa_codes(np.ascontiguousarray(codes))
+        self.global_ids = np.concatenate([self.global_ids, offset + np.arange(len(codes), dtype=np.int64)])
+        self.image_ids += image_ids
+        self.uris += uris
+        if thumbs is not None:
+            self.thumbs.append(thumbs)
+        self._lookup = None
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def ready(self) -> int:
+        return self.count
+
+    def search(self, queries: np.ndarray, k: int, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(‖q − v‖ float32, global row ids) of the ``k`` nearest in this shard; −1 / inf pad."""
+        q = np.ascontiguousarray(queries, np.float32)
+        if self.count == 0:
+            return np.full((len(q), k), np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        set_search_params(self.index, self.kind, params or self.params)
+        d2, local = self.index.search(q, min(k, self.count))
+        ids = np.where(local >= 0, self.global_ids[np.maximum(local, 0)], -1)
+        d = np.sqrt(np.maximum(d2, 0)).astype(np.float32)
+        return merge_topk([(d, ids)], k)
+
+    def mse(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Root-mean-square thumbnail difference in [0, 1] to a flat float query (brute force)."""
+        if not self.thumbs:
+            raise InputError("this index has no thumbnails; rebuild it to use mode='mse'")
+        self.thumbs = [np.concatenate(self.thumbs)] if len(self.thumbs) > 1 else self.thumbs
+        return thumb_mse(self.thumbs[0], self.global_ids, query, k)
+
+    def rows(self, global_ids) -> list[tuple[str, str] | None]:
+        """``(image_id, uri)`` of global rows held here (None for rows of other shards)."""
+        if self._lookup is None:
+            self._lookup = {int(g): j for j, g in enumerate(self.global_ids)}
+        return [(self.image_ids[j], self.uris[j]) if (j := self._lookup.get(int(g))) is not None else None
+                for g in global_ids]
+
+    def thumb_size(self) -> int | None:
+        return int(round((self.thumbs[0].shape[1] / 3) ** 0.5)) if self.thumbs else None
+
+
+class FanOut:
+    """Query every shard, merge exactly (module doc). ``shards`` are Ray actor handles of
+    ``ShardIndex`` or plain ``ShardIndex`` objects."""
+
+    def __init__(self, shards: list, count: int, dim: int, kind: str, params: dict):
+        self.shards, self.count, self.dim, self.kind, self.params = shards, count, dim, kind, dict(params)
+        self._remote = bool(shards) and hasattr(shards[0].search, "remote")
+
+    def _all(self, method: str, *args) -> list:
+        if self._remote:
+            import ray
+
+            return ray.get([getattr(s, method).remote(*args) for s in self.shards])
+        return [getattr(s, method)(*args) for s in self.shards]
+
+    def search(self, queries: np.ndarray, k: int, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return merge_topk(self._all("search", np.ascontiguousarray(queries, np.float32), k, params or self.params), k)
+
+    def mse(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return merge_topk(self._all("mse", query, k), k)
+
+    def rows(self, global_ids) -> list[tuple[str, str] | None]:
+        found: list[Any] = [None] * len(global_ids)
+        for answer in self._all("rows", list(global_ids)):
+            found = [f if f is not None else a for f, a in zip(found, answer)]
+        return found
+
+    def thumb_size(self) -> int | None:
+        return self._all("thumb_size")[0] if self.shards else None
+
+
+def _groups(counts: list[int], n_groups: int) -> list[list[int]]:
+    """Contiguous part ranges with about equal rows."""
+    total, groups, current, acc = sum(counts), [], [], 0
+    for i, c in enumerate(counts):
+        current.append(i)
+        acc += c
+        if acc >= total * (len(groups) + 1) / n_groups and len(groups) < n_groups - 1:
+            groups.append(current)
+            current = []
+    return groups + ([current] if current else [])
+
+
+class ShardServer(ShardIndex):
+    """Ray actor body: a :class:`ShardIndex` loaded from ``parts`` of a parts-layout folder."""
+
+    def __init__(self, index_uri: str, parts: list[int], threads: int = 1):
+        self.__dict__.update(ShardIndex.from_parts(index_uri, parts, threads).__dict__)
+
+
+def start_shard_servers(index_uri: str, n_servers: int, name: str | None = None, cpus: float = 0.5,
+                        threads: int = 1) -> FanOut:
+    """Start ``n_servers`` Ray actors, each holding a contiguous range of the index's parts
+    (about equal rows); named ``<name>-<i>`` when ``name`` is given (see :func:`connect`)."""
+    import ray
+
+    m = read_manifest(index_uri)
+    if m.get("layout") != "parts":
+        raise InputError(f"index {index_uri} is a single-file index; only parts-layout indexes are served sharded")
+    cls = ray.remote(num_cpus=cpus)(ShardServer)
+    groups = _groups([p["rows"] for p in m["parts"]], max(1, min(n_servers, len(m["parts"]))))
+    actors = [(cls.options(name=f"{name}-{i}") if name else cls).remote(index_uri, g, threads)
+              for i, g in enumerate(groups)]
+    ray.get([a.ready.remote() for a in actors])
+    return FanOut(actors, int(m["count"]), int(m["dim"]), m["kind"], m["params"])
+
+
+def connect(index_uri: str, name: str, n_servers: int) -> FanOut:
+    """A :class:`FanOut` over shard servers started by :func:`start_shard_servers` with ``name``."""
+    import ray
+
+    m = read_manifest(index_uri)
+    return FanOut([ray.get_actor(f"{name}-{i}") for i in range(n_servers)], int(m["count"]), int(m["dim"]),
+                  m["kind"], m["params"])
