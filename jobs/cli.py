@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from jobs.ray_env import quiet_library_noise
+
+    quiet_library_noise()
     module = importlib.import_module(args._module)
     try:
         return int(module.main(args) or 0)

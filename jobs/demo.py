@@ -130,13 +130,14 @@ def prepare(output: str, size: DemoSize, model: str | None, workers: int) -> tup
 
 
 def main(args: argparse.Namespace) -> int:
+    from jobs.ray_env import init_ray
     from jobs.restore import driver as restore_job
 
     start = time.monotonic()
     output = os.path.abspath(args.output)
     size = SIZES["tiny" if args.tiny else "default"]
     print(f"[adir demo] building the index and the manifest under {output}", flush=True)
-    ray, started_here = restore_job._init_ray(None)  # one local Ray for the index build and the restore
+    ray, started_here = init_ray(None)  # one local Ray for the index build and the restore
     try:
         index_uri, manifest_uri = prepare(output, size, args.model, args.workers)
         prepared = time.monotonic()

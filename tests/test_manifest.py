@@ -99,6 +99,8 @@ def test_defaults_and_per_row_overrides(tmp_path):
     pd.DataFrame([{"image_id": "x.1", "input_uri": "s3://b/x.png", "task": "colorize", "steps": 5.0},
                   {"image_id": "x-2", "input_uri": "s3://b/y.png", "task": "colorize", "steps": None}]).to_parquet(path)
     first, second = read_manifest(path)
+    task = first.pop("task_spec")
+    assert (task.name, task.params, task.sr_factor) == ("colorize", {}, 1)
     assert first == {"image_id": "x.1", "input_uri": "s3://b/x.png", "task": "colorize", "gt_uri": None,
                      "degrade": False, "noise_sigma": 0.0, "method": "adir", "seed": 0, "k": None, "steps": 5}
     assert second["steps"] is None
@@ -123,7 +125,7 @@ def test_job_config_precedence(tmp_path):
     ({}, ["stepz=3"], "unknown config key 'stepz'"),
     ({}, ["workers=0"], "bad value for workers"),
     ({}, ["device=tpu"], "bad value for device"),
-    ({"preset": "slow"}, [], "bad value for preset"),
+    ({"preset": "slow"}, [], "unknown preset 'slow'"),
     ({"restore": {"k": -1}}, [], "bad value for k"),
     ({"restore": 5}, [], "'restore' must be a mapping"),
     ({}, ["gpus_per_worker=-1"], "bad value for gpus_per_worker"),

@@ -142,7 +142,7 @@ def test_killed_worker_every_row_exactly_once(ray_cluster, tiny_prior, photo_dir
 BAD_CASES = {
     "unknown restore key": (["--set", "stepz=3"], "unknown config key 'stepz'"),
     "unknown job key in file": (["--config", "{cfg}"], "unknown config key(s) wokers"),
-    "bad preset": (["--set", "preset=slow"], "bad value for preset"),
+    "bad preset": (["--set", "preset=slow"], "unknown preset 'slow'"),
     "bad workers": (["--workers", "0"], "bad value for workers"),
     "missing manifest": (["--manifest", "{tmp}/nope.parquet"], "not found"),
     "missing column": (["--manifest", "{nocol}"], "missing required column(s) task"),

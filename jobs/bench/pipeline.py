@@ -3,7 +3,7 @@
 On the same rows, in one run (same machine load, same seeds):
 
 * **in-process**: one plain Python loop: ``jobs.restore.row.load_context`` once, then
-  ``jobs.restore.row.process_row`` per row (load → retrieve → ``restore_one`` → score → write),
+  ``jobs.restore.row.commit_row`` per row (load → retrieve → ``restore_one`` → score → write),
   one torch thread — exactly what one Ray actor runs, without Ray;
 * **ray ×1** and **ray ×2**: ``jobs.restore.driver.run_rows`` with 1 and 2 actors (one CPU and
   one torch thread each), the code path of ``adir restore``.
@@ -66,13 +66,13 @@ def _digests(output: str, rows: list[dict]) -> dict[str, str]:
 def _in_process(job, rows: list[dict], output: str) -> float:
     import torch
 
-    from jobs.restore.row import load_context, process_row
+    from jobs.restore.row import commit_row, load_context
 
     torch.set_num_threads(1)  # what each Ray actor gets on this machine (1 CPU per actor)
     start = time.perf_counter()
     ctx = load_context(job)
     for row in rows:
-        process_row(row, ctx, output)
+        commit_row(row, ctx, output)
     return time.perf_counter() - start
 
 
@@ -92,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     from jobs.demo import build_corpus_index, heldout_crops, sample_size
     from jobs.restore.job_config import build_job_config
     from jobs.restore.manifest import validate_rows
-    from jobs.restore.driver import _init_ray
+    from jobs.ray_env import init_ray
 
     output = os.path.abspath(args.output)
     side = sample_size(args.model)
@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"[bench pipeline] {len(rows)} rows, in-process loop …", flush=True)
     runs["in_process"] = {"wall_s": _in_process(job, rows, out), "output": out}
     t0 = time.perf_counter()
-    ray, started_here = _init_ray(None)
+    ray, started_here = init_ray(None)
     ray_init_s = time.perf_counter() - t0
     try:
         for workers in (1, 2):

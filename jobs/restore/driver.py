@@ -7,8 +7,9 @@ Order of work:
    methods using neighbours have an index, and that the cluster has the GPUs asked for.
 2. Resume: rows that already have a result record under ``--output`` are skipped
    (``--overwrite`` redoes them; ``--retry-failed`` redoes only failed ones).
-3. Start ``workers`` actors. Each loads the prior, the embedder and the index once
-   (``jobs.restore.row.load_context``); a load error stops the job with exit 2 before any row.
+3. Start ``workers`` actors (``jobs.restore.row.RowRestorer``, sent the validated
+   ``JobConfig`` itself). Each loads the prior, the embedder and the index once; a load
+   error stops the job with exit 2 before any row.
 4. Stream the rows: each actor holds one row at a time and gets the next when it returns,
    so rows spread evenly and progress is exact (rows done/failed, rows/s, ETA, output).
 5. Run the reducer (``jobs.restore.reducer.reduce``): summary.json, summary.parquet, report.html.
@@ -16,14 +17,9 @@ Order of work:
 Why actors and not Ray Data ``map_batches``: both restart a dead actor, but here each row
 takes seconds and is its own unit of work and of commit, so a small scheduling loop over
 actors gives exact per-row progress, a bounded retry per row and a clean failure record
-for a row that keeps killing its worker. Measured on this 2-core machine (12 gd rows,
-2 workers, tiny prior; /tmp script, not shipped): the actor loop finished in 131 s wall
-(7.4 s of row work; the rest is actor start-up under a load average of ~15), while
-``map_batches(UDF, concurrency=2, num_cpus=1, batch_size=1)`` after ``repartition``
-never finished in 7 minutes: its two actors held both CPUs, so the repartition task and
-Ray Data's coordinator actor stayed pending (fractional ``num_cpus`` avoids that, at the
-price of one more knob users must get right). Actors here default to
-min(1, CPUs / workers) CPUs each, so the pool can never starve the driver's tasks.
+for a row that keeps killing its worker. ``map_batches`` with whole-CPU actors can also
+starve its own coordinator on a small node; the actors here default to
+min(1, CPUs / workers) CPUs each, so the pool never starves the driver's tasks.
 
 Worker death: actors are created with ``max_restarts=-1`` and ``max_task_retries`` = 2,
 so a row whose worker died is re-run on the restarted actor; a row that still cannot
@@ -44,17 +40,16 @@ import sys
 import time
 import traceback
 
+from jobs.ray_env import forwarded_env, init_ray
 from jobs.restore.job_config import build_job_config, load_config_file
 from jobs.restore.manifest import read_manifest
 from jobs.restore.results import completed_ids, read_results, write_result
+from jobs.restore.row import RowRestorer, failed_record
 from restore_core import storage
 from restore_core.config import PRESETS
-from restore_core.errors import AdirError, ConfigError, InputError, ModelLoadError
+from restore_core.errors import ConfigError, InputError, ModelLoadError
 from restore_core.methods import get_method
 
-#: Environment forwarded to the workers (storage endpoints and credentials, hub/cache
-#: settings): Ray workers are started by the raylet and do not see the driver's changes.
-FORWARDED_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "AZURE_", "HF_", "TRANSFORMERS_", "ADIR_", "TORCH_HOME")
 ROW_ATTEMPTS = 3  # first try + max_task_retries
 
 
@@ -74,10 +69,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def _say(message: str) -> None:
     print(f"[adir restore] {message}", flush=True)
-
-
-def _forwarded_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
 
 
 def _check_methods(rows: list[dict], job) -> None:
@@ -140,46 +131,6 @@ class Progress:
                 f"ETA {eta}, outputs in {self.output}")
 
 
-def _init_ray(address: str | None):
-    """Connect to ``address`` or reuse/start a local Ray; returns (ray, started_here)."""
-    import ray
-
-    if ray.is_initialized():
-        return ray, False
-    ray.init(address=address, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": _forwarded_env()})
-    return ray, True
-
-
-def _make_actor_class(ray):
-    @ray.remote
-    class RestoreActor:
-        """Loads the shared state once; ``run`` restores one row."""
-
-        def __init__(self, job_dict: dict, output_uri: str, threads: int):
-            import torch
-
-            from jobs.restore.job_config import JobConfig
-            from jobs.restore.row import load_context
-
-            torch.set_num_threads(max(1, threads))
-            self.output_uri, self.ctx, self.error = output_uri, None, None
-            try:
-                self.ctx = load_context(JobConfig.from_dict(job_dict))
-            except Exception as exc:  # noqa: BLE001 - reported by ready(), not a restart loop
-                self.error = (isinstance(exc, AdirError), f"{type(exc).__name__}: {exc}".splitlines()[0])
-
-        def ready(self):
-            return {"pid": os.getpid(), "error": self.error}
-
-        def run(self, row: dict) -> dict:
-            from jobs.restore.row import process_row
-
-            return process_row(row, self.ctx, self.output_uri)
-
-    return RestoreActor
-
-
 def _resources(ray, job) -> tuple[float, int]:
     """(num_cpus per actor, torch threads per actor); GPU availability checked here."""
     resources = ray.cluster_resources()
@@ -191,23 +142,16 @@ def _resources(ray, job) -> tuple[float, int]:
     return per_worker, max(1, int(per_worker))
 
 
-def _failed_record(row: dict, error: str) -> dict:
-    return {key: row.get(key) for key in ("image_id", "method", "task", "noise_sigma", "seed", "degrade",
-                                          "input_uri", "gt_uri")} | {
-        "status": "failed", "error": error, "stop_reason": "error",
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-
-
 def run_rows(ray, job, todo: list[dict], output: str) -> tuple[int, int]:
     """Stream ``todo`` over the actor pool; returns (rows finished, rows failed)."""
     from ray.exceptions import RayActorError, RayTaskError
 
     num_cpus, threads = _resources(ray, job)
-    actor_cls = _make_actor_class(ray).options(
+    actor_cls = ray.remote(RowRestorer).options(
         num_cpus=num_cpus, num_gpus=job.gpus_per_worker, max_restarts=-1, max_task_retries=ROW_ATTEMPTS - 1,
-        runtime_env={"env_vars": _forwarded_env()})
+        runtime_env={"env_vars": forwarded_env()})
     n_actors = min(job.workers, len(todo))
-    actors = [actor_cls.remote(job.to_dict(), output, threads) for _ in range(n_actors)]
+    actors = [actor_cls.remote(job, output, threads) for _ in range(n_actors)]
     try:
         ready = ray.get([a.ready.remote() for a in actors])
         for info in ready:
@@ -234,7 +178,7 @@ def run_rows(ray, job, todo: list[dict], output: str) -> tuple[int, int]:
                 message = f"worker died while restoring this row ({ROW_ATTEMPTS} attempts): " \
                           f"{type(exc).__name__}"
                 try:
-                    write_result(output, _failed_record(row, message))
+                    write_result(output, failed_record(row, message))
                 except Exception:  # noqa: BLE001 - storage down: counted failed, redone on resume
                     pass
                 ok = False
@@ -282,7 +226,7 @@ def _run(args, job, rows, todo) -> int:
          + (" (resume)" if skipped else "") + f"; outputs in {args.output}")
     failed_now = 0
     if todo:
-        ray, started_here = _init_ray(args.address)
+        ray, started_here = init_ray(args.address)
         try:
             start = time.monotonic()
             done, failed_now = run_rows(ray, job, todo, args.output)

@@ -17,7 +17,9 @@ restore             a section of ``RestoreConfig`` keys (k, steps, adapt_iters, 
 Precedence, lowest first: preset, the file's ``restore`` section, ``--set`` overrides,
 then the explicit CLI flags (``--workers``, ``--gpus-per-worker``, ``--preset``). A
 ``--set`` key that is not a job key is a restore key (``--set steps=5`` equals
-``--set restore.steps=5``). Unknown keys and bad values raise ``ConfigError``.
+``--set restore.steps=5``); ``--set`` strings are read by ``restore_core.config.parse_overrides``.
+Unknown keys and bad values raise ``ConfigError``. The driver builds the config once and
+sends the validated ``JobConfig`` itself to the workers.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, Iterable
 import yaml
 
 from restore_core import storage
-from restore_core.config import PRESETS, RestoreConfig
+from restore_core.config import RestoreConfig, parse_overrides, preset_values
 from restore_core.errors import ConfigError, InputError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -59,11 +61,6 @@ class JobConfig:
         out["restore"] = self.restore.to_dict()
         return out
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JobConfig":
-        """Inverse of ``to_dict`` (used to ship the config to Ray workers)."""
-        return build_job_config(file_data=data)
-
     def validate(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"bad value for workers: {self.workers!r}; must be an integer >= 1")
@@ -77,8 +74,6 @@ class JobConfig:
                                   f"{'> 0' if key == 'cpus_per_worker' else '>= 0'}")
         if self.device not in DEVICES:
             raise ConfigError(f"bad value for device: {self.device!r}; accepted: {', '.join(DEVICES)}")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"bad value for preset: {self.preset!r}; accepted: {', '.join(PRESETS)}")
         for key in ("model", "index"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -112,7 +107,8 @@ def load_config_file(uri: str) -> dict[str, Any]:
 
 def build_job_config(file_data: dict[str, Any] | None = None, overrides: Iterable[str] = (),
                      **flags: Any) -> JobConfig:
-    """Merge file data, ``--set`` overrides and CLI ``flags`` (None = not given) into a JobConfig."""
+    """Merge file data, ``--set`` overrides and CLI ``flags`` (None = not given) into a
+    validated JobConfig: the one place the job's configuration is built."""
     data = dict(file_data or {})
     unknown = sorted(set(data) - set(JOB_KEYS) - {"restore"})
     if unknown:
@@ -122,26 +118,20 @@ def build_job_config(file_data: dict[str, Any] | None = None, overrides: Iterabl
     if not isinstance(restore_data, dict):
         raise ConfigError("config key 'restore' must be a mapping of RestoreConfig keys")
     job_values = {k: _coerce_job(k, v) for k, v in data.items()}
-    restore_overrides = []
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"bad override {item!r}; expected key=value")
-        key, raw = (s.strip() for s in item.split("=", 1))
+    restore_overrides: dict[str, Any] = {}
+    for key, value in parse_overrides(overrides).items():
         if key in JOB_KEYS:
-            try:
-                job_values[key] = _coerce_job(key, yaml.safe_load(raw) if raw else None)
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"bad value for {key}: {raw!r} ({exc})") from None
+            job_values[key] = _coerce_job(key, value)
+        elif key == "restore" and isinstance(value, dict):
+            restore_overrides.update(value)
         else:
-            restore_overrides.append(f"{key.removeprefix('restore.')}={raw}")
+            restore_overrides[key] = value
     for key, value in flags.items():
         if value is not None:
             job_values[key] = _coerce_job(key, value)
     preset = job_values.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"bad value for preset: {preset!r}; accepted: {', '.join(PRESETS)}")
-    base = dict(PRESETS[preset]) if preset else {}
-    restore = RestoreConfig.from_dict({**base, **restore_data}).with_overrides(restore_overrides)
+    base = preset_values(preset) if preset is not None else {}
+    restore = RestoreConfig.from_dict({**base, **restore_data}).updated(restore_overrides)
     job = dataclasses.replace(JobConfig(), **job_values, restore=restore)
     job.validate()
     return job

@@ -14,14 +14,17 @@ gt_uri        no        ground truth for production rows (``degrade=false``)
 degrade       no        true: input is clean, y = A(x) + noise made with ``seed``
                         (benchmark mode, GT = input); false (default): input *is* y
 noise_sigma   no        σ on the 0–255 scale (default 0)
-method        no        adir (default), ia_y, gd, shred, shred_blind, diip, indi
+method        no        a method of the registry (``restore_core.methods``): adir
+                        (default), pinv, gd, ia_y, shred, diip, indi, …
 seed          no        integer ≥ 0 (default 0): degradation noise and sampling
 k, steps      no        per-row overrides of the config (null = job config)
 ============  ========  ==========================================================
 
 ``read_manifest`` refuses, before any work, a missing file, missing or unknown columns,
 duplicate or unsafe ids and bad values, with an ``InputError`` naming the rows. Whether
-an input *file* is readable is a per-row matter, found out by the worker.
+an input *file* is readable is a per-row matter, found out by the worker. Each validated
+row carries its parsed task under ``task_spec`` (``row_task``), so the task string is
+parsed once per row, here, and the worker hands the parsed task to ``build_operator``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import pyarrow.parquet as pq
 from restore_core import storage
 from restore_core.config import CHOICES
 from restore_core.errors import InputError
-from restore_core.operators import TASK_PARAMS, parse_task
+from restore_core.operators import parse_task
 
 REQUIRED: tuple[str, ...] = ("image_id", "input_uri", "task")
 DEFAULTS: dict[str, Any] = {
@@ -57,6 +60,12 @@ MANIFEST_SCHEMA = pa.schema([
 _MAX_LISTED = 5
 
 
+def row_task(row: dict) -> TaskSpec:
+    """The parsed task of a validated row (parsed here when the row was built elsewhere)."""
+    task = row.get("task_spec")
+    return task if task is not None else parse_task(row["task"])
+
+
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
@@ -71,13 +80,9 @@ def _check_row(row: dict) -> str | None:
     if row["gt_uri"] is not None and (not isinstance(row["gt_uri"], str) or not row["gt_uri"].strip()):
         return "gt_uri must be a URI or null"
     try:
-        name, params = parse_task(row["task"])
+        row["task_spec"] = parse_task(row["task"])  # unknown task or parameter: InputError
     except InputError as exc:
         return str(exc)
-    unknown = sorted(set(params) - set(TASK_PARAMS[name]))
-    if unknown:
-        return f"unknown parameter(s) {', '.join(unknown)} for task {name!r}; accepted: " \
-               f"{', '.join(TASK_PARAMS[name]) or 'none'}"
     if not isinstance(row["degrade"], bool):
         return f"degrade must be true or false, got {row['degrade']!r}"
     sigma = row["noise_sigma"]
@@ -109,7 +114,7 @@ def _normalise(value: Any, key: str) -> Any:
 
 
 def validate_rows(df: pd.DataFrame, where: str = "manifest") -> list[dict]:
-    """Validated rows (dicts with every column of ``COLUMNS``) of a manifest table."""
+    """Validated rows (dicts with every column of ``COLUMNS`` and ``task_spec``) of a manifest table."""
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise InputError(f"{where}: missing required column(s) {', '.join(missing)}; "
