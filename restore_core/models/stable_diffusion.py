@@ -140,8 +140,8 @@ def load_sd_model(spec: str | None, kind: str, device: str | torch.device = "cpu
     if not os.path.isfile(os.path.join(folder, "model_index.json")):
         raise ModelLoadError(f"{spec!r} is not a diffusers pipeline folder (no model_index.json)")
     cls = _pipeline_class(kind)
-    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
-        if kind == "inpaint" else {}
+    extra = {"safety_checker": None, "feature_extractor": None}  # never fetched nor loaded
+    extra.update({"requires_safety_checker": False} if kind == "inpaint" else {"watermarker": None})
     try:
         pipe = cls.from_pretrained(folder, use_safetensors=True, dtype=dtype, **extra)
     except Exception as exc:  # noqa: BLE001 - diffusers / transformers raise many types
