@@ -8,6 +8,14 @@ retrieval of degraded queries.
   ms/query batched (all queries in one call) and single (one query per call), build
   seconds and index memory (estimate and the process RSS growth). cKDTree is timed on
   ``--kdtree-queries`` single queries (it is slow). ``--n`` runs it smaller.
+* ``--what shards`` — writes ``--n`` generator vectors as clip-retrieval shards
+  (``img_emb/img_emb_N.npy`` + ``metadata/metadata_N.parquet``, ``--shard-rows`` each) under
+  ``--shards-dir``, one shard at a time, in a child process.
+* ``--what sharded`` — ``index_builder.sharded_index`` over those shards on ``--workers`` Ray
+  actors: build seconds, driver peak RSS (``ru_maxrss`` of this process, measured before
+  anything else is loaded), the build's recall; then, loading the parts in this process,
+  recall@K on held-out generator queries against exact search (streamed shard by shard),
+  ms/query single and batched, and cKDTree over the same vectors unless ``--no-kdtree``.
 * ``--what p4`` — the Ray embedding build of the same crop corpus with 1 and then 2 workers;
   images/s and images/s per worker (actor start-up excluded).
 * ``--what degraded`` — a corpus of clean crops of every bundled photo; queries are held-out
@@ -41,7 +49,10 @@ DEGRADED_TASKS = ("sr4", "sr8", "deblur_box5", "deblur_gauss", "colorize")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--what", default="p1", choices=("p1", "p4", "degraded"))
+    p.add_argument("--what", default="p1", choices=("p1", "p4", "degraded", "shards", "sharded"))
+    p.add_argument("--shards-dir", default="runs/bench_index/shards", help="shards/sharded: the shard folder")
+    p.add_argument("--shard-rows", type=int, default=100_000, help="shards: rows per shard")
+    p.add_argument("--workers", type=int, default=2, help="sharded: index-building actors")
     p.add_argument("--n", type=int, default=1_700_000, help="P1: vector count")
     p.add_argument("--dim", type=int, default=512, help="P1: dimension")
     p.add_argument("--clusters", type=int, default=2000, help="P1: cluster count of the generator")
@@ -159,6 +170,98 @@ def bench_p1(args) -> dict:
     return result
 
 
+def _write_shards(args) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for folder in ("img_emb", "metadata"):
+        os.makedirs(os.path.join(args.shards_dir, folder), exist_ok=True)
+    for s, start in enumerate(range(0, args.n, args.shard_rows)):
+        rows = min(args.shard_rows, args.n - start)
+        x = clustered_vectors(rows, args.dim, args.clusters, seed=args.seed, members_seed=args.seed + 1000 + s)
+        np.save(os.path.join(args.shards_dir, "img_emb", f"img_emb_{s}.npy"), x)
+        pq.write_table(pa.table({"image_path": [f"/synthetic/{start + i:07d}.jpg" for i in range(rows)]}),
+                       os.path.join(args.shards_dir, "metadata", f"metadata_{s}.parquet"))
+
+
+def bench_shards(args) -> dict:
+    """Write the shards in a child process (so no parent RSS is spent on them)."""
+    import multiprocessing
+
+    start = time.perf_counter()
+    child = multiprocessing.get_context("spawn").Process(target=_write_shards, args=(args,))
+    child.start()
+    child.join()
+    if child.exitcode:
+        raise RuntimeError(f"shard writer failed (exit {child.exitcode})")
+    return {"n": args.n, "dim": args.dim, "shard_rows": args.shard_rows, "dir": args.shards_dir,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def bench_sharded(args) -> dict:
+    import faiss
+    import ray
+    from scipy.spatial import cKDTree
+
+    from index_builder.embedding_source import open_source
+    from index_builder.serving import ShardIndex
+    from index_builder.sharded_index import build_from_shards
+    from index_builder.tuning import merge_topk, recall_at_k
+
+    shards = open_source(args.shards_dir)
+    k, out = args.k, os.path.join(args.output, "sharded_index")
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    rss_before = _peak_rss()
+    start = time.perf_counter()
+    m = build_from_shards(shards, out, args.kind, workers=args.workers, recall_k=k,
+                          cpus_per_worker=max(0.1, (os.cpu_count() or 1) / (args.workers + 1)))
+    result = {"n": m["count"], "dim": m["dim"], "kind": m["kind"], "params": m["params"], "workers": args.workers,
+              "build_seconds": round(time.perf_counter() - start, 1), "driver_peak_rss_bytes": _peak_rss(),
+              "driver_peak_rss_before_build_bytes": rss_before, "build_recall": m["recall"],
+              "parts": len(m["parts"]), "memory_bytes_estimate": m["memory_bytes"]}
+    log.info("sharded build: %s", result)
+    ray.shutdown()
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    q = clustered_vectors(args.queries, args.dim, args.clusters, seed=args.seed, members_seed=args.seed + 1)
+    exact = []
+    for s, shard in zip(shards, np.cumsum([0] + [x.rows for x in shards[:-1]])):
+        d2, i = faiss.knn(q, s.read().vectors, k)
+        exact.append((np.sqrt(np.maximum(d2, 0)), i + shard))
+    exact_ids = merge_topk(exact, k)[1]
+    index = ShardIndex.from_parts(out)
+    start = time.perf_counter()
+    ids = index.search(q, k)[1]
+    batched = (time.perf_counter() - start) / len(q) * 1000
+    single = _time_single(index.search, q[:200], k)
+    result["heldout"] = {"queries": len(q), "recall": round(recall_at_k(ids, exact_ids), 4),
+                         "ms_per_query_batched": round(batched, 3), "ms_per_query_single": round(single, 3),
+                         "threads": faiss.omp_get_max_threads()}
+    log.info("held-out: %s", result["heldout"])
+    del index
+    gc.collect()
+    if not args.no_kdtree:
+        x = np.concatenate([s.read().vectors for s in shards])
+        start = time.perf_counter()
+        tree = cKDTree(x, leafsize=16)
+        build = time.perf_counter() - start
+        nq = args.kdtree_queries
+        start = time.perf_counter()
+        kd_ids = np.stack([tree.query(r, k=k)[1] for r in q[:nq]])
+        kd_single = (time.perf_counter() - start) / nq * 1000
+        result["kdtree"] = {"recall": round(recall_at_k(kd_ids, exact_ids[:nq]), 4), "queries_timed": nq,
+                            "ms_per_query_single": round(kd_single, 1), "build_seconds": round(build, 1)}
+        result["speedup_vs_kdtree_single"] = round(kd_single / single, 1)
+        result["speedup_vs_kdtree_batched"] = round(kd_single / batched, 1)
+    return result
+
+
 def bench_p4(args) -> dict:
     import ray
 
@@ -220,7 +323,8 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(1)
-    runner = {"p1": bench_p1, "p4": bench_p4, "degraded": bench_degraded}[args.what]
+    runner = {"p1": bench_p1, "p4": bench_p4, "degraded": bench_degraded, "shards": bench_shards,
+              "sharded": bench_sharded}[args.what]
     result = runner(args)
     result["command"] = "adir " + " ".join(sys.argv[1:])
     Path(args.output).mkdir(parents=True, exist_ok=True)
