@@ -1,18 +1,26 @@
 """The offline photo corpus: real photographs shipped inside pip packages.
 
-Sources are scikit-image's bundled ``skimage/data`` files and matplotlib's
-``grace_hopper.jpg`` — no downloads. The split is by *source photo*, so no crop of a
-held-out photo is ever used to train the prior or the embedder, or enters the default
-retrieval corpus:
+Sources are scikit-image's bundled ``skimage/data`` files, matplotlib's
+``grace_hopper.jpg`` and pyiqa's bundled reference photos — no downloads. The split is by
+*source photo*, so no crop of a held-out photo is ever used to train the prior or the
+embedder, or enters the default retrieval corpus:
 
 * ``TRAIN_PHOTOS``: astronaut, rocket, hubble_deep_field, ihc (immunohistochemistry),
   retina, motorcycle_left, motorcycle_right (a stereo pair: both sides stay in train so the
   pair cannot leak across the split), and the greyscale textures brick, grass, gravel and
   the greyscale photos camera and moon (replicated to RGB).
 * ``HELDOUT_PHOTOS``: chelsea (cat), grace_hopper (portrait), coffee (cup).
+* ``EXTRA_TRAIN_PHOTOS``: more training photographs for the prior only — pyiqa's five
+  full-reference calibration photos (``ResultsCalibra/ref_dir``: caps, portrait, boat,
+  houses, lighthouse) and its four efficiency-test photos (a smartphone photo and three
+  video frames: night street, garden, sunset, snowy road), and scikit-image's greyscale
+  coins and text (chalk on a board). Left out: scans, drawings, synthetic test patterns,
+  the deliberately motion-blurred ``clock_motion`` and pyiqa's distorted copies.
+  ``PRIOR_TRAIN_PHOTOS`` = ``TRAIN_PHOTOS`` + these.
 
-Crops with random scales and flips from the training photos are both the prior's training
-data and the retrieval corpus of the demo and the benchmarks.
+Crops with random scales and flips from ``TRAIN_PHOTOS`` are the embedder's training data
+and the retrieval corpus of the demo and the benchmarks; ``ALL_PHOTOS`` (corpus and
+held-out photos) is the corpus of the embedder's recall evaluation.
 """
 
 from __future__ import annotations
@@ -34,13 +42,26 @@ TRAIN_PHOTOS: tuple[str, ...] = (
 )
 HELDOUT_PHOTOS: tuple[str, ...] = ("chelsea", "grace_hopper", "coffee")
 ALL_PHOTOS = TRAIN_PHOTOS + HELDOUT_PHOTOS
+EXTRA_TRAIN_PHOTOS: tuple[str, ...] = (
+    "pyiqa_i03", "pyiqa_i04", "pyiqa_i06", "pyiqa_i08", "pyiqa_i19", "pyiqa_spaq_10241",
+    "pyiqa_frame_4wrw", "pyiqa_frame_7gzd", "pyiqa_frame_9ogw", "coins", "text",
+)
+PRIOR_TRAIN_PHOTOS = TRAIN_PHOTOS + EXTRA_TRAIN_PHOTOS
 
 _SKIMAGE_FILES = {
     "astronaut": "astronaut.png", "rocket": "rocket.jpg", "hubble_deep_field": "hubble_deep_field.jpg",
     "ihc": "ihc.png", "retina": "retina.jpg", "motorcycle_left": "motorcycle_left.png",
     "motorcycle_right": "motorcycle_right.png", "brick": "brick.png", "grass": "grass.png",
     "gravel": "gravel.png", "camera": "camera.png", "moon": "moon.png", "chelsea": "chelsea.png",
-    "coffee": "coffee.png",
+    "coffee": "coffee.png", "coins": "coins.png", "text": "text.png",
+}
+# pyiqa installs these data files beside its package (paths relative to site-packages).
+_PYIQA_FILES = {
+    **{f"pyiqa_i{n}": f"ResultsCalibra/ref_dir/I{n}.bmp" for n in ("03", "04", "06", "08", "19")},
+    "pyiqa_spaq_10241": "tests/test_efficiency_img_dir/SPAQ_10241.jpg",
+    "pyiqa_frame_4wrw": "tests/test_efficiency_img_dir/frame_4wrwr48cdk6rbcjl.jpg",
+    "pyiqa_frame_7gzd": "tests/test_efficiency_img_dir/frame_7gzdcz9sif0ekg31.jpg",
+    "pyiqa_frame_9ogw": "tests/test_efficiency_img_dir/frame_9ogwhvvy7gfj6jzh.jpg",
 }
 
 
@@ -50,14 +71,19 @@ def photo_path(name: str) -> str:
         import matplotlib
 
         return os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
+    if name in _PYIQA_FILES:
+        from importlib.metadata import distribution
+
+        return str(distribution("pyiqa").locate_file(_PYIQA_FILES[name]))
     if name not in _SKIMAGE_FILES:
-        raise InputError(f"unknown bundled photo {name!r}; accepted: {', '.join(ALL_PHOTOS)}")
+        raise InputError(f"unknown bundled photo {name!r}; accepted: "
+                         f"{', '.join(ALL_PHOTOS + EXTRA_TRAIN_PHOTOS)}")
     import skimage
 
     return str(Path(skimage.__file__).parent / "data" / _SKIMAGE_FILES[name])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo_uint8(name: str) -> np.ndarray:
     with Image.open(photo_path(name)) as img:
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
@@ -68,7 +94,7 @@ def load_photo(name: str) -> torch.Tensor:
     return _photo_tensor(name).clone()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo_tensor(name: str) -> torch.Tensor:
     arr = _photo_uint8(name)
     return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1.0
@@ -81,12 +107,15 @@ def random_crops(
     seed: int = 0,
     scales: tuple[float, float] = (0.5, 1.0),
     flips: bool = True,
+    boxes: list | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """``n`` random square crops (n, 3, size, size) in [-1, 1] and their source photo names.
 
     Each crop picks a photo uniformly, a scale s in ``scales`` (the photo is resized by s
     before cropping, so crops see objects at several sizes) and, if ``flips``, a random
-    horizontal flip. The same seed gives the same crops.
+    horizontal flip. The same seed gives the same crops. A ``boxes`` list receives each
+    crop's window in its photo, ``(top, left, side)`` (``adir bench ablation``'s oracle arm
+    adapts on windows disjoint from it).
     """
     if n <= 0:
         raise InputError(f"number of crops must be > 0, got {n}")
@@ -104,6 +133,8 @@ def random_crops(
         top = int(rng.integers(h - side + 1))
         left = int(rng.integers(w - side + 1))
         crop = photo[..., top:top + side, left:left + side]
+        if boxes is not None:
+            boxes.append((top, left, side))
         if side != size:
             crop = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True,
                                  align_corners=False).clamp(-1, 1)

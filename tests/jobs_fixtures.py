@@ -18,7 +18,7 @@ import pytest
 
 from restore_core.bundled_photos import random_crops
 from restore_core.images import write_png
-from tests.helpers import make_tiny_prior
+from tests.helpers import make_tiny_prior, save_tiny_embedder
 
 TINY = ["steps=4", "adapt_iters=2", "adapt_batch=2", "k=2", "lora_rank=2", "lora_alpha=2",
         "metrics=psnr,ssim", "cpus_per_worker=0.5"]
@@ -56,7 +56,7 @@ def photo_dir(tmp_path_factory):
 def tiny_index(tmp_path_factory):
     """A retrieval index over eight 32×32 training-photo crops and a tiny embedder, built
     by index_builder's own per-shard function and index writer (no Ray needed)."""
-    from index_builder.embedder import load_embedder, save_tiny_embedder
+    from index_builder.embedder import load_embedder
     from index_builder.shard_build import embed_rows
     from jobs.build_index import write_index_folder
     from restore_core.bundled_photos import export_crops

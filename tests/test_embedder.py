@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from index_builder.embedder import load_embedder, normalize_spec, save_tiny_embedder
+from helpers import save_tiny_embedder
+from index_builder.embedder import load_embedder, normalize_spec
 from restore_core.bundled_photos import load_photo
 from restore_core.errors import InputError, ModelLoadError
 

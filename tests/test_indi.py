@@ -1,24 +1,22 @@
-"""InDI (paper 003): training lowers the loss, N = 1 is one regression step (eq. 5 with
+"""InDI ("Inversion by Direct Iteration"): training lowers the loss, N = 1 is one regression step (eq. 5 with
 δ = t = 1) for every sampler, p(t) choices, and a model is refused on another task."""
 
 import pytest
 import torch
+from helpers import make_tiny_prior
 
+from jobs.train.indi import TrainSettings, sample_t, train_indi
 from restore_core.config import RestoreConfig
-from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.errors import MethodError
-from restore_core.indi_training import (
+from restore_core.models.indi_model import (
     IndiModel,
-    TrainSettings,
     build_indi_unet,
     load_indi_model,
-    sample_t,
     save_indi_model,
-    train_indi,
 )
+from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.operators import build_operator
 from restore_core.restore import restore_one
-from tests.helpers import make_tiny_prior
 
 SIZE = 16
 

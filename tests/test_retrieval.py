@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from index_builder.embedder import load_embedder, save_tiny_embedder
+from helpers import save_tiny_embedder
+from index_builder.embedder import load_embedder
 from index_builder.index import spherical_distance
 from index_builder.retrieval import Retriever
 from index_builder.shard_build import embed_rows

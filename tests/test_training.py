@@ -10,7 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from restore_core.bundled_photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, export_crops, random_crops
+from restore_core.bundled_photos import (
+    HELDOUT_PHOTOS,
+    TRAIN_PHOTOS,
+    export_crops,
+    random_crops,
+)
 
 
 def _args(module, argv: list[str]) -> argparse.Namespace:
@@ -47,7 +52,8 @@ def _final_weights(module, run_dir, out_dir, steps: int, argv: list[str]) -> dic
 def test_training_resumes_like_uninterrupted(tmp_path, which):
     """Stopping after 2 steps and rerunning to 4 gives the same weights, optimiser and step
     count as 4 uninterrupted steps; the exported model is loadable."""
-    from jobs.train import embedder as train_embedder, train_prior
+    from jobs.train import embedder as train_embedder
+    from jobs.train import prior as train_prior
 
     module, argv = (train_prior, PRIOR_ARGV) if which == "prior" else (train_embedder, EMBEDDER_ARGV)
     key = "unet" if which == "prior" else "model"

@@ -1,7 +1,7 @@
 """``adir bench core``: the cost of the core operations, and the guidance-scale table.
 
-Timings (default) on a tiny UNet (``restore_core.models.pixel_unet.TINY_UNET``, untrained,
-64² by default) or on ``--model``: ms per UNet forward (batch 1), seconds for a guided
+Timings on the shipped prior (``models/prior``) or on ``--model``, at ``--size``² (64² by
+default): ms per UNet forward (batch 1), seconds for a guided
 sr4 sample of ``--long-steps`` (1000) and ``--short-steps`` (100) steps, and seconds per
 LoRA adaptation iteration at batch ``--batch`` (6, Table 1). One CPU thread unless
 ``--threads`` says otherwise, so numbers compare across machines' single cores.
@@ -9,14 +9,13 @@ LoRA adaptation iteration at batch ``--batch`` (6, Table 1). One CPU thread unle
 ``--scales`` instead measures the data consistency ‖A x̂ − y‖/√m (0–255 scale,
 ``metrics.consistency``) of guided sampling per task over a grid of guidance scales, on
 held-out photo crops degraded with noise σ = ``--noise`` (0–255); this is the table
-behind ``guided_sampling.DEFAULT_SCALES``.
+behind ``sampling.alg1.DEFAULT_SCALES``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 
 import torch
@@ -25,7 +24,7 @@ TASKS = ("sr2", "sr4", "sr8", "deblur_box5", "deblur_gauss", "colorize", "inpain
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="diffusion model spec (default: a tiny untrained UNet)")
+    p.add_argument("--model", default=None, help="diffusion model spec (default: the shipped prior)")
     p.add_argument("--size", type=int, default=64, help="image side (default 64)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--forward-reps", type=int, default=20)
@@ -44,15 +43,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _model(args):
-    """``--model``, or the untrained tiny UNet saved and loaded back like any prior."""
-    from restore_core.models.pixel_unet import load_diffusion_model, save_tiny_prior
+    """``--model``, or the shipped prior."""
+    from restore_core.models.pixel_unet import load_diffusion_model
 
-    if args.model:
-        return load_diffusion_model(args.model)
-    with tempfile.TemporaryDirectory(prefix="adir-bench-core-") as folder:
-        model = load_diffusion_model(save_tiny_prior(folder, sample_size=args.size))
-    model.spec = f"tiny untrained UNet {args.size}x{args.size} (diffusion_model.TINY_UNET)"
-    return model
+    return load_diffusion_model(args.model)
 
 
 class _Clock:

@@ -1,5 +1,5 @@
 """``adir bench indi``: InDI's perception–distortion table over the number of steps N
-(paper 003, Table 3 / Fig. 3).
+("Inversion by Direct Iteration", Table 3 / Fig. 3).
 
 Held-out crops (``bundled_photos.HELDOUT_PHOTOS``, never seen in training) are degraded
 by the model's own task; each N in ``--steps`` restores them with the chosen sampler and
@@ -23,11 +23,12 @@ import time
 
 import torch
 
+from jobs.train.indi import degrade_pairs
 from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.errors import ConfigError
-from restore_core.indi_training import default_indi_dir, degrade_pairs, load_indi_model
 from restore_core.methods.indi import indi_sample
 from restore_core.metrics import compute_metrics
+from restore_core.models.indi_model import default_indi_dir, load_indi_model
 
 log = logging.getLogger("adir.bench_indi")
 DISTORTION = ("psnr", "ssim")

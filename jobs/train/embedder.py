@@ -1,7 +1,7 @@
 """``adir train-embedder``: the small degradation-robust image embedder "adir-tiny".
 
 ADIR retrieves neighbours of a *degraded* observation y with CLIP and needs "an embedding
-space that is not sensitive to the degradation of y" (paper 000, §1; retrieval §3.3). Real CLIP weights
+space that is not sensitive to the degradation of y" (ADIR, §1; retrieval §3.3). Real CLIP weights
 cannot be downloaded here, so the project trains its own small open_clip model:
 
 * The architecture is an open_clip model config (``models/embedder/adir-tiny.json``,
@@ -33,14 +33,19 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from restore_core.bundled_photos import ALL_PHOTOS, HELDOUT_PHOTOS, TRAIN_PHOTOS, random_crops
+from jobs.train import loop
+from restore_core.bundled_photos import (
+    ALL_PHOTOS,
+    HELDOUT_PHOTOS,
+    TRAIN_PHOTOS,
+    random_crops,
+)
 from restore_core.operators import build_operator
 
 log = logging.getLogger("adir.train_embedder")
@@ -201,41 +206,24 @@ def main(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_model_config(run_dir)
-    ckpt_path = run_dir / "checkpoint.pt"
     torch.manual_seed(args.seed)
     model = create_model(run_dir)
     opt = torch.optim.AdamW(model.visual.parameters(), lr=args.lr, weight_decay=1e-4)
-    state = {"step": 0, "pool_seed": args.seed, "seconds": 0.0, "history": []}
     rng = np.random.default_rng(args.seed)
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        state = json.loads(ckpt["state"])
-        torch.set_rng_state(ckpt["rng"])
-        rng.bit_generator.state = ckpt["np_rng"]
-        log.info("resumed from %s at step %d", ckpt_path, state["step"])
+    gen = torch.Generator().manual_seed(args.seed)
+    checkpoint = loop.Checkpoint(run_dir, {"model": model, "opt": opt, "np_rng": loop.NumpyRng(rng),
+                                           "gen": loop.TorchGenerator(gen)})
+    state = checkpoint.load() if checkpoint.exists() else loop.new_state(args.seed)
     n_params = sum(p.numel() for p in model.visual.parameters())
     log.info("adir-tiny image tower %.2fM parameters, batch %d x 2 views", n_params / 1e6, args.batch)
     label_of = {name: i for i, name in enumerate(TRAIN_PHOTOS)}
     degrader = Degrader(args.size)
-    gen = torch.Generator().manual_seed(args.seed)
-    if ckpt_path.exists():
-        gen.set_state(ckpt["gen"])
 
-    def make_pool():
-        crops, names = random_crops(TRAIN_PHOTOS, args.pool, args.size, seed=state["pool_seed"],
-                                    scales=(0.25, 1.0))
+    def make_pool(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        crops, names = random_crops(TRAIN_PHOTOS, args.pool, args.size, seed=seed, scales=(0.25, 1.0))
         return crops, torch.tensor([label_of[n] for n in names])
 
-    def save_checkpoint() -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": json.dumps(state),
-                    "rng": torch.get_rng_state(), "np_rng": rng.bit_generator.state,
-                    "gen": gen.get_state()}, tmp)
-        os.replace(tmp, ckpt_path)
-
-    def export(recall: dict[str, float]) -> None:
+    def export(state: dict) -> None:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         write_model_config(out)
@@ -247,7 +235,7 @@ def main(args: argparse.Namespace) -> int:
             "seed": args.seed, "steps": state["step"], "batch": args.batch, "size": args.size,
             "lr": args.lr, "temperature": args.temperature, "image_tower_parameters": n_params,
             "final_loss": state.get("loss"), "wall_seconds": round(state["seconds"], 1),
-            "recall_at_20_heldout": recall, "history": state["history"],
+            "recall_at_20_heldout": state["recall"], "history": state["history"],
             "train_photos": list(TRAIN_PHOTOS), "heldout_photos": list(HELDOUT_PHOTOS),
             "train_tasks": list(TRAIN_TASKS),
         }
@@ -256,47 +244,36 @@ def main(args: argparse.Namespace) -> int:
         os.replace(tmp_meta, out / "training.json")
         log.info("exported embedder at step %d to %s", state["step"], out)
 
-    pool, labels = make_pool()
-    pos = state.get("pos", 0)
-    start = time.time() - state["seconds"]
-    recall: dict[str, float] = {}
+    evaluated = []  # evaluation steps of this invocation
 
-    def evaluate() -> dict[str, float]:
-        return degraded_recall(model, per_photo=args.eval_per_photo, n_queries=args.eval_queries,
-                               size=args.size)
+    def evaluate(state: dict) -> dict[str, float]:
+        state["recall"] = degraded_recall(model, per_photo=args.eval_per_photo, n_queries=args.eval_queries,
+                                          size=args.size)
+        evaluated.append(state["step"])
+        return state["recall"]
 
-    while state["step"] < args.steps:
-        if args.minutes and time.time() - start > args.minutes * 60:
-            log.info("time budget reached")
-            break
-        if pos + args.batch > args.pool:
-            state["pool_seed"] += 1
-            (pool, labels), pos = make_pool(), 0
-        x, lab = pool[pos:pos + args.batch], labels[pos:pos + args.batch]
-        pos += args.batch
-        state["pos"] = pos
+    def on_eval(state: dict) -> None:
+        recall = evaluate(state)
+        state["history"].append({"step": state["step"], "seconds": round(state["seconds"], 1),
+                                 "loss": round(state["loss"], 4), "recall_at_20": recall})
+        log.info("step %d  loss %.4f  recall@20 %s  %.2f s/step", state["step"], state["loss"],
+                 {k: round(v, 3) for k, v in recall.items()}, state["seconds"] / state["step"])
+
+    def train_step(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> float:
+        x, lab = batch
         model.train()
         views = torch.cat([degrader.random_views(x, rng, gen), degrader.random_views(x, rng, gen)])
         loss = supcon_loss(embed(model, views), torch.cat([lab, lab]), args.temperature)
-        lr = args.lr * min(1.0, (state["step"] + 1) / 100)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        loop.set_lr(opt, args.lr * min(1.0, (step + 1) / 100))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        state["step"] += 1
-        state["loss"] = 0.98 * state.get("loss", loss.item()) + 0.02 * loss.item()
-        state["seconds"] = time.time() - start
-        if state["step"] % args.eval_every == 0:
-            recall = evaluate()
-            state["history"].append({"step": state["step"], "seconds": round(state["seconds"], 1),
-                                     "loss": round(state["loss"], 4), "recall_at_20": recall})
-            log.info("step %d  loss %.4f  recall@20 %s  %.2f s/step", state["step"], state["loss"],
-                     {k: round(v, 3) for k, v in recall.items()}, state["seconds"] / state["step"])
-            save_checkpoint()
-            export(recall)
-    save_checkpoint()
-    if not recall or state["step"] % args.eval_every:
-        recall = evaluate()
-    export(recall)
+        return loss.item()
+
+    loop.run(state, steps=args.steps, minutes=args.minutes, pool=loop.Pool(make_pool, args.batch, state),
+             train_step=train_step, eval_every=args.eval_every, on_eval=on_eval, checkpoint=checkpoint,
+             export=export, export_every=args.eval_every)
+    if not evaluated or state["step"] % args.eval_every:
+        evaluate(state)
+    export(state)
     return 0

@@ -1,8 +1,10 @@
 """``adir train-prior``: the project's own small pixel-space DDPM prior.
 
-An ε-prediction DDPM (paper 000, eq. 6: ℓ_simple = ‖ε − ε_θ(√ᾱ_t x + √(1−ᾱ_t) ε, t)‖²)
-with a diffusers ``UNet2DModel`` and a linear-β ``DDPMScheduler`` of T = 1000, trained on
-random crops of the bundled *training* photos (``restore_core.bundled_photos``).
+An ε-prediction DDPM ("Denoising Diffusion Probabilistic Models", ℓ_simple, eq. 14 there;
+eq. 6 of the ADIR paper: ‖ε − ε_θ(√ᾱ_t x + √(1−ᾱ_t) ε, t)‖²) with a diffusers
+``UNet2DModel`` and a linear-β ``DDPMScheduler`` of T = 1000, trained on random crops of
+the bundled prior training photos (``restore_core.bundled_photos.PRIOR_TRAIN_PHOTOS``;
+the held-out photos never enter training).
 
 The UNet is fully convolutional with no attention, so it is trained on small patches
 (32² by default: four times cheaper per step than 64²) and runs at 64² or larger at
@@ -10,9 +12,12 @@ inference. EMA weights are exported with ``save_pretrained`` in the diffusers pi
 layout (``unet/`` + ``scheduler/``) together with ``training.json`` (command, seed,
 steps, losses, wall time, held-out loss against time).
 
-Training is resumable: ``<run-dir>/checkpoint.pt`` holds the model, the EMA, the
-optimiser, the step, the data-pool seed and the RNG states; rerunning the same command
-continues from it.
+Training is resumable (``jobs.train.loop``): ``<run-dir>/checkpoint.pt`` holds the model,
+the EMA, the optimiser, the step, the data-pool seed and the RNG states; rerunning the
+same command continues from it. ``--init-from <exported prior>`` starts a new phase from
+shipped weights (their step count and held-out history carry on; the optimiser and the
+warm-up restart; the older phases are listed in ``training.json``), and ``--anneal``
+cosine-decays the learning rate over the phase's ``--minutes`` budget.
 """
 
 from __future__ import annotations
@@ -20,16 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from restore_core.bundled_photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, random_crops
+from jobs.train import loop
+from restore_core.bundled_photos import HELDOUT_PHOTOS, PRIOR_TRAIN_PHOTOS, random_crops
+from restore_core.errors import ConfigError
+from restore_core.models.pixel_unet import conv_unet
 
 log = logging.getLogger("adir.train_prior")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,54 +62,64 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export-every", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-
-
-def build_unet(channels: tuple[int, ...], layers_per_block: int, sample_size: int):
-    """A fully convolutional UNet2DModel: no attention blocks, GroupNorm(8)."""
-    from diffusers import UNet2DModel
-
-    n = len(channels)
-    return UNet2DModel(
-        sample_size=sample_size, in_channels=3, out_channels=3,
-        block_out_channels=tuple(channels), layers_per_block=layers_per_block,
-        down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
-        norm_num_groups=8,
-    )
+    p.add_argument("--init-from", default=None,
+                   help="start a new run from an exported prior folder (its EMA weights, step and "
+                        "held-out history; fresh optimiser and warm-up; --minutes counts from here)")
+    p.add_argument("--anneal", action="store_true",
+                   help="cosine-decay the learning rate to 5%% over this phase's --minutes budget")
 
 
 def l_simple_batch(unet, alphas_cumprod: torch.Tensor, x0: torch.Tensor, t: torch.Tensor,
                    noise: torch.Tensor) -> torch.Tensor:
-    """ℓ_simple (eq. 6) averaged over the batch, for per-sample timesteps ``t``."""
+    """ℓ_simple averaged over the batch, for per-sample timesteps ``t``."""
     a = alphas_cumprod[t].float().view(-1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
     eps = unet(xt, t).sample[:, :3]
     return torch.mean((eps - noise) ** 2)
 
 
+def _init_from(prior_dir: Path, seed: int):
+    """The UNet and run state of an exported prior: weights, step, wall time, history."""
+    from diffusers import UNet2DModel
+
+    meta_path = prior_dir / "training.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"--init-from needs an exported prior folder with training.json: {prior_dir}")
+    meta = json.loads(meta_path.read_text())
+    unet = UNet2DModel.from_pretrained(prior_dir / "unet").train()
+    earlier = meta.get("earlier_phases", []) + [
+        {"command": meta["command"], "steps": meta["steps"], "wall_seconds": meta["wall_seconds"],
+         "train_photos": meta["train_photos"]}]
+    seconds = float(meta["wall_seconds"])
+    state = {**loop.new_state(seed + 10_000 * len(earlier)), "step": meta["steps"], "seconds": seconds,
+             "history": meta["heldout_loss_vs_time"], "phase_start_seconds": seconds,
+             "phase_start_step": meta["steps"], "earlier_phases": earlier}
+    return unet, state
+
+
 def main(args: argparse.Namespace) -> int:
     from diffusers import DDPMScheduler
-    from diffusers.training_utils import EMAModel
 
     torch.set_num_threads(args.threads)
+    if args.anneal and not args.minutes:
+        raise ConfigError("--anneal needs a --minutes budget")
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "checkpoint.pt"
     channels = tuple(int(c) for c in args.channels.split(","))
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     acp = scheduler.alphas_cumprod.double()
     torch.manual_seed(args.seed)
-    unet = build_unet(channels, args.layers_per_block, args.sample_size)
-    ema = EMAModel(unet.parameters(), decay=args.ema_decay)
+    unet = conv_unet(channels, args.layers_per_block, args.sample_size)
+    state = loop.new_state(args.seed)
+    if args.init_from and not (run_dir / "checkpoint.pt").exists():
+        unet, state = _init_from(Path(args.init_from), args.seed)
+        channels = tuple(unet.config.block_out_channels)
+        log.info("initialised from %s at step %d", args.init_from, state["step"])
+    ema = loop.Ema(unet, args.ema_decay)
     opt = torch.optim.Adam(unet.parameters(), lr=args.lr)
-    state = {"step": 0, "pool_seed": args.seed, "seconds": 0.0, "history": []}
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True)
-        unet.load_state_dict(ckpt["unet"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["opt"])
-        state = json.loads(ckpt["state"])
-        torch.set_rng_state(ckpt["rng"])
-        log.info("resumed from %s at step %d", ckpt_path, state["step"])
+    checkpoint = loop.Checkpoint(run_dir, {"unet": unet, "ema": ema, "opt": opt})
+    if checkpoint.exists():
+        state = checkpoint.load()
     n_params = sum(p.numel() for p in unet.parameters())
     log.info("UNet %s, %.2fM parameters, patch %d, batch %d", channels, n_params / 1e6, args.patch, args.batch)
 
@@ -111,38 +129,29 @@ def main(args: argparse.Namespace) -> int:
     held_t = torch.randint(0, 1000, (64,), generator=g)
     held_noise = torch.randn(held.shape, generator=g)
 
-    def heldout_loss() -> float:
-        ema.store(unet.parameters())
-        ema.copy_to(unet.parameters())
+    def on_eval(state: dict) -> None:
         with torch.no_grad():
-            loss = float(l_simple_batch(unet, acp, held, held_t, held_noise))
-        ema.restore(unet.parameters())
-        return loss
+            hl = float(l_simple_batch(ema.module, acp, held, held_t, held_noise))
+        state["history"].append({"step": state["step"], "seconds": round(state["seconds"], 1),
+                                 "train_loss": round(state["loss"], 5), "heldout_loss": round(hl, 5)})
+        log.info("step %d  train %.4f  held-out %.4f  %.2f s/step", state["step"], state["loss"], hl,
+                 state["seconds"] / max(1, state["step"]))
 
-    def save_checkpoint() -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "state": json.dumps(state), "rng": torch.get_rng_state()}, tmp)
-        os.replace(tmp, ckpt_path)
-
-    def export(final_loss: float) -> None:
+    def export(state: dict) -> None:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".prior-", dir=out.parent))
         tmp.chmod(0o755)
-        ema.store(unet.parameters())
-        ema.copy_to(unet.parameters())
-        unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        ema.restore(unet.parameters())
+        ema.module.save_pretrained(tmp / "unet", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
         meta = {
             "command": "adir train-prior " + " ".join(sys.argv[2:]),
             "seed": args.seed, "steps": state["step"], "batch": args.batch, "patch": args.patch,
             "channels": list(channels), "layers_per_block": args.layers_per_block,
-            "parameters": n_params, "lr": args.lr, "ema_decay": args.ema_decay,
-            "final_train_loss": final_loss, "wall_seconds": round(state["seconds"], 1),
-            "heldout_loss_vs_time": state["history"], "train_photos": list(TRAIN_PHOTOS),
-            "heldout_photos": list(HELDOUT_PHOTOS),
+            "parameters": n_params, "lr": args.lr, "anneal": args.anneal, "ema_decay": args.ema_decay,
+            "final_train_loss": state.get("loss", float("nan")), "wall_seconds": round(state["seconds"], 1),
+            "heldout_loss_vs_time": state["history"], "train_photos": list(PRIOR_TRAIN_PHOTOS),
+            "heldout_photos": list(HELDOUT_PHOTOS), "earlier_phases": state.get("earlier_phases", []),
         }
         (tmp / "training.json").write_text(json.dumps(meta, indent=1))
         old = out.with_name(out.name + ".old")
@@ -152,50 +161,29 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(old, ignore_errors=True)
         log.info("exported EMA weights at step %d to %s", state["step"], out)
 
-    def make_pool():
-        crops, _ = random_crops(TRAIN_PHOTOS, args.pool, args.patch, seed=state["pool_seed"],
-                                scales=(0.25, 1.0))
-        return crops
+    def make_pool(seed: int) -> tuple[torch.Tensor]:
+        return (random_crops(PRIOR_TRAIN_PHOTOS, args.pool, args.patch, seed=seed, scales=(0.25, 1.0))[0],)
 
-    pool = make_pool()
-    pos = state.get("pos", (state["step"] * args.batch) % args.pool)
-    start = time.time() - state["seconds"]
-    running = None
-    while state["step"] < args.steps:
-        if args.minutes and time.time() - start > args.minutes * 60:
-            log.info("time budget reached")
-            break
-        if pos + args.batch > args.pool:
-            state["pool_seed"] += 1
-            pool, pos = make_pool(), 0
-        x0 = pool[pos:pos + args.batch]
-        pos += args.batch
-        state["pos"] = pos
+    def train_step(batch: tuple[torch.Tensor], step: int) -> float:
+        (x0,) = batch
         t = torch.randint(0, 1000, (x0.shape[0],))
         noise = torch.randn_like(x0)
-        lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = args.lr * min(1.0, (step - state.get("phase_start_step", 0) + 1) / args.warmup)
+        if args.anneal:
+            done = min(1.0, loop.phase_seconds(state) / (args.minutes * 60))
+            lr *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done))
+        loop.set_lr(opt, lr)
         loss = l_simple_batch(unet, acp, x0, t, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        ema.step(unet.parameters())
-        state["step"] += 1
-        value = loss.item()
-        running = value if running is None else 0.98 * running + 0.02 * value
-        state["seconds"] = time.time() - start
-        if state["step"] % args.eval_every == 0:
-            hl = heldout_loss()
-            state["history"].append({"step": state["step"], "seconds": round(state["seconds"], 1),
-                                     "train_loss": round(running, 5), "heldout_loss": round(hl, 5)})
-            log.info("step %d  train %.4f  held-out %.4f  %.2f s/step", state["step"], running, hl,
-                     state["seconds"] / max(1, state["step"]))
-            save_checkpoint()
-        if state["step"] % args.export_every == 0:
-            export(running)
-    save_checkpoint()
+        ema.update(unet)
+        return loss.item()
+
+    loop.run(state, steps=args.steps, minutes=args.minutes, pool=loop.Pool(make_pool, args.batch, state),
+             train_step=train_step, eval_every=args.eval_every, on_eval=on_eval, checkpoint=checkpoint,
+             export=export, export_every=args.export_every)
     if state["step"] % args.export_every or not Path(args.output).exists():
-        export(running if running is not None else float("nan"))
+        export(state)
     return 0

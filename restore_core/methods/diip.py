@@ -30,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from restore_core.indi_training import full_size
+from restore_core.models.indi_model import full_size
 from restore_core.methods.base import base_info, register
 from restore_core.methods.shred import initial_noise, optimise_initial_noise
 from restore_core.operators import TASKS

@@ -1,6 +1,7 @@
-"""InDI inference (paper 003, Algorithm 1, eq. 5, 10, 11, 15) as the ``indi`` method.
+"""InDI inference ("Inversion by Direct Iteration", Algorithm 1, eq. 5, 10, 11, 15) as the
+``indi`` method.
 
-A trained restorer F_θ(x_t, t) (``restore_core.indi_training``) walks from the degraded
+A trained restorer F_θ(x_t, t) (``restore_core.models.indi_model``) walks from the degraded
 image at t = 1 to the estimate at t = 0 in N steps of δ = 1/N, starting from
 x₁ = y + ε₁·n. Samplers (``cfg.indi.sampler``):
 
@@ -31,8 +32,14 @@ import time
 import torch
 
 from restore_core.errors import MethodError, ModelLoadError
-from restore_core.indi_training import INDI_TASKS, IndiModel, default_indi_dir, full_size, load_indi_model
 from restore_core.methods.base import base_info, register
+from restore_core.models.indi_model import (
+    INDI_TASKS,
+    IndiModel,
+    default_indi_dir,
+    full_size,
+    load_indi_model,
+)
 from restore_core.operators import build_operator, parse_task
 
 

@@ -17,7 +17,7 @@ The folder uses the diffusers pipeline layout — ``unet/`` (``UNet2DModel``) an
 ``scheduler_config.json`` beside ``config.json``. Weights must be safetensors
 (``use_safetensors=True``; no pickle is ever loaded).
 
-Two output layouts (paper 000 §3.1, Σ_θ of eq. 4):
+Two output layouts (ADIR §3.1, Σ_θ of eq. 4):
 
 * ``out_channels == in_channels``: ε only, fixed variance Σ = β̃_t (posterior variance);
 * ``out_channels == 2·in_channels``: guided-diffusion's learned range,
@@ -39,9 +39,6 @@ from restore_core.sampling.schedule import NoiseSchedule
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PRIOR_DIR = str(REPO_ROOT / "models" / "prior")
 
-# The tiny UNet used by tests and `adir bench core` (2 levels, no attention).
-TINY_UNET = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
 
 
 @dataclass
@@ -70,7 +67,7 @@ class DiffusionModel:
         return out[:, : self.in_channels].to(x.dtype)
 
     def eps_and_logvar(self, x: torch.Tensor, t_index: int, schedule: NoiseSchedule) -> tuple[torch.Tensor, torch.Tensor]:
-        """ε̂ and log Σ̂ at step ``t_index`` of ``schedule`` (paper 000, Algorithm 1 line 3).
+        """ε̂ and log Σ̂ at step ``t_index`` of ``schedule`` (ADIR, Algorithm 1 line 3).
 
         Fixed variance: log Σ̂ = log β̃ (clipped at the last step, as guided-diffusion).
         Learned range: log Σ̂ = v·log β + (1 − v)·log β̃, v = (out[C:] + 1)/2, with β and β̃
@@ -173,14 +170,16 @@ def load_diffusion_model(spec: str | None = None, device: str | torch.device = "
     )
 
 
-def save_tiny_prior(path: str, sample_size: int = 32, out_channels: int = 3, seed: int = 0) -> str:
-    """Write an untrained ``TINY_UNET`` + DDPMScheduler(T=1000, linear β) in the pipeline
-    layout with ``save_pretrained`` (tests and ``adir bench core``); returns ``path``."""
-    from diffusers import DDPMScheduler, UNet2DModel
+def conv_unet(channels: tuple[int, ...], layers_per_block: int = 1, sample_size: int = 64,
+              out_channels: int = 3):
+    """A fully convolutional UNet2DModel (no attention blocks, GroupNorm(8)), RGB in: the
+    shape of the project's own prior and InDI restorers. Without attention it trains on
+    small patches and runs on any multiple of its downsampling factor."""
+    from diffusers import UNet2DModel
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DModel(sample_size=sample_size, in_channels=3, out_channels=out_channels, **TINY_UNET)
-    unet.save_pretrained(os.path.join(path, "unet"), safe_serialization=True)
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(os.path.join(path, "scheduler"))
-    return path
+    n = len(channels)
+    return UNet2DModel(
+        sample_size=sample_size, in_channels=3, out_channels=out_channels,
+        block_out_channels=tuple(channels), layers_per_block=layers_per_block,
+        down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n, norm_num_groups=8,
+    )
