@@ -26,7 +26,7 @@ FAST = ["steps=8", "adapt_iters=2", "adapt_batch=2", "shred.iters=2", "shred.ski
 
 
 def _tiny_indi(tmp_path, task: str) -> list[str]:
-    from restore_core.indi_training import IndiModel, build_indi_unet, save_indi_model
+    from restore_core.models.indi_model import IndiModel, build_indi_unet, save_indi_model
 
     path = str(tmp_path / "indi")
     save_indi_model(IndiModel(unet=build_indi_unet((16, 16), sample_size=SIZE), task=task), path)
