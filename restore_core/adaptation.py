@@ -1,6 +1,6 @@
-"""Image-adaptive LoRA fine-tuning of the diffusion prior (paper 000 §3.3, paper 001).
+"""Image-adaptive LoRA fine-tuning of the diffusion prior (ADIR §3.3; its revised version for the LoRA form).
 
-A fresh LoRA adapter (rank r = 16, α = 8 by default, as paper 001) is injected into
+A fresh LoRA adapter (rank r = 16, α = 8 by default, as ADIR's revised version) is injected into
 every ``Conv2d`` of the UNet with ``peft.inject_adapter_in_model`` — diffusers'
 ``UNet2DModel`` has no ``add_adapter``. Only the adapter is trained, with Adam
 (lr 1e-4, 400 iterations: Table 1) on ℓ_simple (eq. 6):
@@ -8,7 +8,7 @@ every ``Conv2d`` of the UNet with ``peft.inject_adapter_in_model`` — diffusers
     ℓ_simple = ‖ε − ε_θ(√ᾱ_t z + √(1−ᾱ_t) ε, t)‖²,
 
 over batches of 6 random crops of the adaptation images at the model's sample size, with
-one random t shared by the batch (paper 001 §4: "the same 0 < t ≤ T for images in the
+one random t shared by the batch (ADIR revised version §4: "the same 0 < t ≤ T for images in the
 batch"; our t is the 0-based training index 0..T−1). The images are either y itself
 (eq. 18, method ``ia_y``) or the K retrieved neighbours (eq. 20, ADIR).
 

@@ -1,4 +1,4 @@
-"""ADIR's guided DDPM sampling for y = A x + e (paper 000, Algorithm 1, eq. 16-17).
+"""ADIR's guided DDPM sampling for y = A x + e (ADIR, Algorithm 1, eq. 16-17).
 
 Owns ``guided_ddpm_sample`` and the guidance-scale defaults; imports the model wrapper
 and the schedule, never adaptation or jobs code.
@@ -38,8 +38,10 @@ paper-style s is weak for one operator and divergent for another (a step with
   Algorithm 1 with s/λ_max in place of s.
 
 Per-task defaults (``DEFAULT_SCALES``, used when ``scale=None``) were chosen by measuring
-the data consistency ‖A x̂ − y‖/√m on the 0–255 scale (``metrics.consistency``); see
-``SCALE_MEASUREMENTS`` for the table and ``adir bench core --scales`` to redo it.
+the data consistency ‖A x̂ − y‖/√m on the 0–255 scale (``metrics.consistency``): the smallest s
+of the grid whose consistency is within 10 % of the noise level (the discrepancy
+principle). The table is in the README ("Guidance scale per task"); ``adir bench core
+--scales`` redoes it.
 """
 
 from __future__ import annotations
@@ -63,31 +65,6 @@ DEFAULT_SCALES: dict[str, dict[str, float]] = {
     "paper": {},  # every task: PAPER_SCALE, as Table 1
 }
 FALLBACK_SCALE = 8.0  # normalized mode, a task without a measured default
-
-SCALE_MEASUREMENTS = """
-‖A x̂ − y‖/√m on the 0–255 scale, mean of 2 held-out photo crops (32², bundled_photos
-HELDOUT_PHOTOS, seed 0), y = A x + N(0, 10²) (0–255), normalized mode, seed 0, prior:
-the project's own UNet (32-64-96) after 400 training steps (runs/prior checkpoint at
-18:16). "truth" is the consistency of the clean x itself (the noise level; for inpaint and
-cs above 10 because noise lands on unobserved pixels too). Default s marked *.
-Command: adir bench core --scales --model <prior> --size 32 --scale-grid 0,1,2,4,8,16,32 --steps 100
-
-task          λ_max   truth   s=0    s=1    s=2    s=4    s=8    s=16   s=32
-sr2           0.254   10.3    52.9   17.1   14.1   11.8   9.81*  7.98   6.30
-sr4           0.0641  10.3    51.9   14.6   11.7   9.49*  7.66   6.07   4.71
-sr8           0.0161  9.45    49.3   11.3   9.03*  7.18   5.59   4.34   3.32
-deblur_box5   1.01    10.1    51.0   15.9   13.7   12.2   11.3   10.6*  10.3
-deblur_gauss  1.01    10.1    50.3   15.3   13.3   12.0   11.1*  10.6   10.3
-colorize      0.333   10.3    45.7   15.7   13.2   11.1*  9.25   7.41   5.67
-inpaint       1.00    11.7    54.5   20.7   17.7   15.4   13.5   11.6*  10.0
-cs (5 %)      1.00    45.4    70.6   57.2   53.2   50.1   48.0*  46.5   45.3
-denoise       1.00    10.1    53.6   18.9   15.9   13.7   11.8   9.91*  8.12
-
-The default carries over to the paper's 1000 steps (one crop, same setting, --n 1):
-sr4 s=4: 10.6 at 100 steps, 10.7 at 1000 (truth 10.3); deblur_box5 s=16: 11.1 at 100,
-11.2 at 1000 (truth 10.3).
-"""
-
 
 def default_scale(task: str, scale_mode: str = "normalized") -> float:
     """The default guidance scale s for ``task`` (an operator name) in ``scale_mode``."""

@@ -1,7 +1,7 @@
 """Deterministic DDIM (η = 0) as a differentiable generator x_T ↦ x₀ (SHRED, DIIP).
 
 Owns ``ddim_timesteps``, ``ddim_decode`` and ``ddim_sample``; imports only torch. Used by
-SHRED (paper 002, Algorithm 1: f(x_T) is a DDIM with skip δt) and DIIP (paper 004: the
+SHRED (Algorithm 1: f(x_T) is a DDIM with skip δt) and DIIP (the
 frozen generator g(z)), which optimise x_T through it.
 
 Timesteps: T−1, T−1−δt, T−1−2δt, … ≥ 0 (``ddim_timesteps(1000, 100)`` gives 999, 899, …,

@@ -4,7 +4,7 @@ Owns ``NoiseSchedule``; imports only torch/numpy and ``restore_core.errors``.
 
 ``NoiseSchedule`` keeps ᾱ (float64) on a subsequence τ_0 < τ_1 < … of the training
 timesteps 0..T−1. For the full chain the subsequence is 0..T−1 and the derived β equal the
-scheduler's own (paper 000 eq. 2-3: α_t = 1 − β_t, ᾱ_t = ∏ α_s).
+scheduler's own (ADIR eq. 2-3: α_t = 1 − β_t, ᾱ_t = ∏ α_s).
 
 ``respace(n)`` keeps n evenly spaced timesteps, τ_i = round(i·(T−1)/(n−1)), exactly what
 guided-diffusion's ``space_timesteps(T, [n])`` (one section) picks, and recomputes every
