@@ -11,9 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from restore_core.bundled_photos import (
+    EXTRA_TRAIN_PHOTOS,
     HELDOUT_PHOTOS,
+    PRIOR_TRAIN_PHOTOS,
     TRAIN_PHOTOS,
     export_crops,
+    load_photo,
     random_crops,
 )
 
@@ -31,8 +34,11 @@ EMBEDDER_ARGV = ["--batch", "6", "--pool", "18", "--eval-every", "2", "--eval-pe
 
 
 def test_bundled_photo_split_and_crops(tmp_path):
-    """Train and held-out photos are disjoint; crops are seeded, in range, and labelled."""
-    assert not set(TRAIN_PHOTOS) & set(HELDOUT_PHOTOS)
+    """Train and held-out photos are disjoint (also the prior's extra photos, which all load
+    from the installed packages); crops are seeded, in range, and labelled."""
+    assert not set(TRAIN_PHOTOS) & set(HELDOUT_PHOTOS) and not set(PRIOR_TRAIN_PHOTOS) & set(HELDOUT_PHOTOS)
+    assert set(PRIOR_TRAIN_PHOTOS) == set(TRAIN_PHOTOS) | set(EXTRA_TRAIN_PHOTOS)
+    assert all(min(load_photo(name).shape[-2:]) >= 64 for name in EXTRA_TRAIN_PHOTOS)
     a, names = random_crops(TRAIN_PHOTOS, 5, 24, seed=3, scales=(0.25, 1.0))
     b, _ = random_crops(TRAIN_PHOTOS, 5, 24, seed=3, scales=(0.25, 1.0))
     assert a.shape == (5, 3, 24, 24) and torch.equal(a, b)
@@ -89,3 +95,25 @@ def test_supcon_loss_prefers_matching_photos():
     together = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1, 0.1], [0, 1], [0.1, 1]]), dim=1)
     apart = together[[0, 2, 1, 3]]
     assert supcon_loss(together, labels, 0.1) < supcon_loss(apart, labels, 0.1)
+
+
+def test_prior_init_from_continues_an_exported_prior(tmp_path):
+    """``--init-from`` starts a new phase from an exported prior: its weights, step count and
+    held-out history carry on, the earlier phase is recorded, and ``--anneal`` needs a budget."""
+    from jobs.train import prior as train_prior
+    from restore_core.errors import ConfigError
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    train_prior.main(_args(train_prior, PRIOR_ARGV + ["--run-dir", str(tmp_path / "a"), "--output", str(first),
+                                                      "--steps", "2"]))
+    argv = PRIOR_ARGV + ["--run-dir", str(tmp_path / "b"), "--output", str(second), "--steps", "4",
+                         "--init-from", str(first), "--anneal"]
+    with pytest.raises(ConfigError, match="--anneal needs"):
+        train_prior.main(_args(train_prior, argv))
+    train_prior.main(_args(train_prior, argv + ["--minutes", "10"]))
+    meta = json.loads((second / "training.json").read_text())
+    assert meta["steps"] == 4 and [h["step"] for h in meta["heldout_loss_vs_time"]] == [2, 4]
+    assert [p["steps"] for p in meta["earlier_phases"]] == [2] and meta["anneal"]
+    a = load_file(first / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(second / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
