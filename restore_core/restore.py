@@ -30,6 +30,7 @@ import torch
 from restore_core.config import RestoreConfig
 from restore_core.errors import InputError, MethodError
 from restore_core.methods import get_method
+from restore_core.sampling.tiled import check_max_side, tiled_model
 
 MAX_ABS_VALUE = 4.0  # |y| beyond this cannot be a [-1, 1] image plus plausible noise
 
@@ -83,6 +84,8 @@ def restore_one(y: torch.Tensor, operator, model, cfg: RestoreConfig | None = No
         raise InputError(f"the image has {image_shape[0]} channels but the model {model.spec!r} expects "
                          f"{model.in_channels}")
     model.check_image_shape(image_shape)
+    check_max_side(model, image_shape, cfg.max_side, cfg.steps, cfg.tile_size, cfg.tile_overlap)
+    model = tiled_model(model, image_shape, cfg.tile_size, cfg.tile_overlap)  # no-op when it fits one tile
     if neighbours is not None:
         _check_tensor(neighbours, "the neighbour images")
         if neighbours.shape[1] != model.in_channels:

@@ -78,6 +78,7 @@ def test_ffhq256_matches_deepinv(ffhq_reference):
     _check_equal(ffhq_reference, unet, 64)
 
 
+@pytest.mark.slow
 def test_imagenet256_uncond_matches_deepinv():
     ref = randomised_reference(large=True)
     assert sum(p.numel() for p in ref.parameters()) == 552_814_086
@@ -125,6 +126,7 @@ def test_wrong_variant_is_refused(ffhq_reference):
         convert_state_dict(ffhq_reference.state_dict(), "imagenet256-uncond")
 
 
+@pytest.mark.slow
 def test_cli_converts_and_the_folder_restores(ffhq_reference, tmp_path, capsys):
     ckpt = tmp_path / "ffhq_10m.pt"
     torch.save({k: v for k, v in ffhq_reference.state_dict().items() if "alphas" not in k}, ckpt)
