@@ -56,9 +56,18 @@ def conv_module_names(unet: torch.nn.Module) -> list[str]:
     return [name for name, m in unet.named_modules() if isinstance(m, torch.nn.Conv2d)]
 
 
+def lora_target_names(unet: torch.nn.Module, attention: bool = False) -> list[str]:
+    """Every Conv2d (the paper's targets) and, with ``attention``, the attention projections
+    (the Linear to_q / to_k / to_v / to_out.0 of diffusers' Attention blocks)."""
+    proj = (".to_q", ".to_k", ".to_v", ".to_out.0")
+    linear = [n for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(proj)]
+    return conv_module_names(unet) + (linear if attention else [])
+
+
 def attach_lora(unet: torch.nn.Module, rank: int = 16, alpha: int = 8, name: str = ADAPTER,
-                seed: int = 0) -> list[torch.nn.Parameter]:
-    """Inject a fresh LoRA adapter into all Conv2d layers; return its trainable parameters.
+                seed: int = 0, attention: bool = False) -> list[torch.nn.Parameter]:
+    """Inject a fresh LoRA adapter into all Conv2d layers (and, with ``attention``, the
+    attention projections: ``lora_target_names``); return its trainable parameters.
 
     lora_B starts at zero (peft), so the adapted model starts equal to the base one;
     lora_A's random init is drawn from ``seed`` on a forked RNG, so the global torch RNG
@@ -70,7 +79,8 @@ def attach_lora(unet: torch.nn.Module, rank: int = 16, alpha: int = 8, name: str
         raise RuntimeError("the UNet already carries a LoRA adapter; remove it first")
     # peft marks every base parameter non-trainable; remember the flags to restore them
     setattr(unet, _SAVED_GRAD, {n: p.requires_grad for n, p in unet.named_parameters()})
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=conv_module_names(unet), lora_dropout=0.0)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_target_names(unet, attention),
+                        lora_dropout=0.0)
     device = next(unet.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -100,9 +110,10 @@ def remove_lora(unet: torch.nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def lora_adapter(model, rank: int = 16, alpha: int = 8, seed: int = 0) -> Iterator[list[torch.nn.Parameter]]:
+def lora_adapter(model, rank: int = 16, alpha: int = 8, seed: int = 0,
+                 attention: bool = False) -> Iterator[list[torch.nn.Parameter]]:
     """Attach a fresh adapter for one row; it is removed on exit, even on error."""
-    params = attach_lora(model.unet, rank, alpha, seed=seed)
+    params = attach_lora(model.unet, rank, alpha, seed=seed, attention=attention)
     try:
         yield params
     finally:

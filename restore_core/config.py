@@ -122,6 +122,7 @@ class RestoreConfig:
     adapt_crop: int | None = None  # None: the model's sample size
     lora_rank: int = 16  # ADIR (revised version) §4: LoRA rank 16
     lora_alpha: int = 8  # ADIR (revised version) §4: scaling 8
+    lora_attention: bool = False  # also adapt the attention projections (the paper: convolutions only)
     steps: int = 1000  # diffusion steps (respaced when < T)
     guidance_scale: float | None = None
     guidance_mode: str = "normalized"

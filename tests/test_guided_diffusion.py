@@ -17,7 +17,7 @@ import torch
 
 from jobs.cli import main as cli_main
 from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
-from restore_core.adaptation import state_dict_hash
+from restore_core.adaptation import attach_lora, remove_lora, state_dict_hash
 from restore_core.config import RestoreConfig
 from restore_core.errors import ModelLoadError
 from restore_core.models.guided_diffusion import build_unet, convert_state_dict, infer_variant
@@ -101,6 +101,26 @@ def test_split_in_legacy_head_order_matters(ffhq_reference):
     with torch.no_grad():
         diff = _rel_l2(ffhq_reference.forward_diffusion(x, torch.tensor([500])), unet(x, torch.tensor([500])).sample)
     assert diff > 1e-3
+
+
+def test_lora_on_every_conv_and_optionally_the_attention(ffhq_reference):
+    """ADIR adapts all convolutions; ``attention=True`` adds the 4 projections of each of
+    the FFHQ network's 4 attention blocks (16×16 down, middle, two 16×16 up)."""
+    _, unet = build_unet(ffhq_reference.state_dict())
+    before = state_dict_hash(unet)
+    convs = {n for n, m in unet.named_modules() if isinstance(m, torch.nn.Conv2d)}
+
+    def wrapped() -> set[str]:
+        return {n.rsplit(".lora_", 1)[0] for n, _ in unet.named_parameters() if "lora_" in n}
+
+    attach_lora(unet)
+    assert wrapped() == convs
+    remove_lora(unet)
+    attach_lora(unet, attention=True)
+    extra = wrapped() - convs
+    assert len(extra) == 16 and {n.rsplit(".", 1)[-1] for n in extra} == {"to_q", "to_k", "to_v", "0"}
+    remove_lora(unet)
+    assert state_dict_hash(unet) == before
 
 
 def test_tampered_checkpoint_names_the_key(ffhq_reference):

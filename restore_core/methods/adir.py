@@ -61,7 +61,7 @@ class GuidedDiffusion:
         else:
             images = self._adaptation_images(y, model, neighbours)
             seed = _adaptation_seed(generator)
-            with lora_adapter(model, cfg.lora_rank, cfg.lora_alpha) as params:
+            with lora_adapter(model, cfg.lora_rank, cfg.lora_alpha, attention=cfg.lora_attention) as params:
                 adapt_info = adapt_lora(model, images, params, iters=cfg.adapt_iters, lr=cfg.adapt_lr,
                                         batch_size=cfg.adapt_batch, crop_size=cfg.adapt_crop, seed=seed)
                 x, sample_info = sample(y, operator, model, cfg, generator, structure)
