@@ -111,15 +111,16 @@ def main(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     unet = conv_unet(channels, args.layers_per_block, args.sample_size)
     state = loop.new_state(args.seed)
-    if args.init_from and not (run_dir / "checkpoint.pt").exists():
+    if args.init_from:  # its architecture, also when resuming this phase from a checkpoint
         unet, state = _init_from(Path(args.init_from), args.seed)
         channels = tuple(unet.config.block_out_channels)
-        log.info("initialised from %s at step %d", args.init_from, state["step"])
     ema = loop.Ema(unet, args.ema_decay)
     opt = torch.optim.Adam(unet.parameters(), lr=args.lr)
     checkpoint = loop.Checkpoint(run_dir, {"unet": unet, "ema": ema, "opt": opt})
     if checkpoint.exists():
         state = checkpoint.load()
+    elif args.init_from:
+        log.info("initialised from %s at step %d", args.init_from, state["step"])
     n_params = sum(p.numel() for p in unet.parameters())
     log.info("UNet %s, %.2fM parameters, patch %d, batch %d", channels, n_params / 1e6, args.patch, args.batch)
 
@@ -147,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
         meta = {
             "command": "adir train-prior " + " ".join(sys.argv[2:]),
             "seed": args.seed, "steps": state["step"], "batch": args.batch, "patch": args.patch,
-            "channels": list(channels), "layers_per_block": args.layers_per_block,
+            "channels": list(channels), "layers_per_block": unet.config.layers_per_block,
             "parameters": n_params, "lr": args.lr, "anneal": args.anneal, "ema_decay": args.ema_decay,
             "final_train_loss": state.get("loss", float("nan")), "wall_seconds": round(state["seconds"], 1),
             "heldout_loss_vs_time": state["history"], "train_photos": list(PRIOR_TRAIN_PHOTOS),
