@@ -46,13 +46,14 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from restore_core import storage
 from index_builder.tuning import exclude_self, recall_at_k, smallest_meeting
+from restore_core import storage
 from restore_core.errors import ConfigError, InputError
 
 KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq", "kdtree")
@@ -180,7 +181,7 @@ class RetrievalIndex:
         storage.atomic_write_bytes(storage.join(uri, "index.json"), json.dumps(self.manifest, indent=1).encode())
 
     @classmethod
-    def load(cls, uri: str) -> "RetrievalIndex":
+    def load(cls, uri: str) -> RetrievalIndex:
         """Load an index saved by :meth:`save` from any fsspec URI."""
         import faiss
 

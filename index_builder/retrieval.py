@@ -51,7 +51,7 @@ class SingleFileIndex:
         self.kind, self.count, self.dim, self.manifest = index.kind, index.count, index.dim, index.manifest
 
     @classmethod
-    def load(cls, index_uri: str) -> "SingleFileIndex":
+    def load(cls, index_uri: str) -> SingleFileIndex:
         index = RetrievalIndex.load(index_uri)
         ids = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(index_uri, "ids.parquet"))))
         thumbs_uri = storage.join(index_uri, "thumbs.npy")
@@ -124,7 +124,7 @@ class Retriever:
 
     @classmethod
     def load(cls, index_uri: str, device: str | None = None, embedder=None,
-             shards: FanOut | None = None) -> "Retriever":
+             shards: FanOut | None = None) -> Retriever:
         """Load an index folder; ``embedder`` overrides the spec recorded in it; ``shards``
         (``serving.start_shard_servers`` / ``serving.connect``) serves it from shard actors."""
         index = load_index(index_uri, shards)

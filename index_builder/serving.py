@@ -100,7 +100,7 @@ class ShardIndex:
         self._lookup: dict | None = None
 
     @classmethod
-    def from_parts(cls, index_uri: str, parts: list[int] | None = None, threads: int | None = None) -> "ShardIndex":
+    def from_parts(cls, index_uri: str, parts: list[int] | None = None, threads: int | None = None) -> ShardIndex:
         """Load ``parts`` (default: all) of a parts-layout index folder."""
         m = read_manifest(index_uri)
         shard = cls(m["kind"], m["params"], load_trained(index_uri), threads)
@@ -127,8 +127,13 @@ class ShardIndex:
     def count(self) -> int:
         return int(self.index.ntotal)
 
-    def ready(self) -> int:
-        return self.count
+    def ready(self) -> dict:
+        """Rows held, process id and resident bytes (for the serving memory report)."""
+        import os
+
+        with open("/proc/self/status") as fh:
+            rss = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
+        return {"rows": self.count, "pid": os.getpid(), "rss_bytes": rss}
 
     def search(self, queries: np.ndarray, k: int, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(‖q − v‖ float32, global row ids) of the ``k`` nearest in this shard; −1 / inf pad."""
@@ -222,8 +227,9 @@ def start_shard_servers(index_uri: str, n_servers: int, name: str | None = None,
     groups = _groups([p["rows"] for p in m["parts"]], max(1, min(n_servers, len(m["parts"]))))
     actors = [(cls.options(name=f"{name}-{i}") if name else cls).remote(index_uri, g, threads)
               for i, g in enumerate(groups)]
-    ray.get([a.ready.remote() for a in actors])
-    return FanOut(actors, int(m["count"]), int(m["dim"]), m["kind"], m["params"])
+    fan = FanOut(actors, int(m["count"]), int(m["dim"]), m["kind"], m["params"])
+    fan.server_stats = ray.get([a.ready.remote() for a in actors])
+    return fan
 
 
 def connect(index_uri: str, name: str, n_servers: int) -> FanOut:

@@ -38,16 +38,29 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_builder.embedding_source import Shard, content_key
-from index_builder.index import (DEFAULT_MEMORY_BUDGET, index_manifest, resolve_params, train_empty,
-                                 tune_search)
-from index_builder.serving import PARTS_DIR, TRAINED_NAME, FanOut, ShardIndex, fixed_binary_to_uint8, part_uri
+from index_builder.index import (
+    DEFAULT_MEMORY_BUDGET,
+    index_manifest,
+    resolve_params,
+    train_empty,
+    tune_search,
+)
+from index_builder.serving import (
+    PARTS_DIR,
+    TRAINED_NAME,
+    FanOut,
+    ShardIndex,
+    fixed_binary_to_uint8,
+    part_uri,
+)
 from index_builder.tuning import exclude_self, merge_topk, recall_at_k
 from restore_core import storage
 from restore_core.errors import ConfigError, InputError

@@ -18,7 +18,7 @@ one (``index_builder.sharded_index``), and by fan-out serving (``index_builder.s
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -44,8 +44,14 @@ from index_builder.corpus import OPENIMAGES_ROOT, build_manifest
 from index_builder.embedder import DEFAULT_EMBEDDER, normalize_spec
 from index_builder.embedding_source import open_source, parquet_shard
 from index_builder.index import DEFAULT_MEMORY_BUDGET, KINDS, build_index
-from index_builder.shard_build import (DEFAULT_SHARD_SIZE, DEFAULT_THUMB_SIZE, build_embeddings, part_uris,
-                                       read_skipped, vectors_of)
+from index_builder.shard_build import (
+    DEFAULT_SHARD_SIZE,
+    DEFAULT_THUMB_SIZE,
+    build_embeddings,
+    part_uris,
+    read_skipped,
+    vectors_of,
+)
 from index_builder.sharded_index import SHARDED_KINDS, build_from_shards
 from restore_core import storage
 from restore_core.errors import InputError
@@ -211,8 +217,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         raise InputError("--output is required (except with --dry-run)")
-    common = dict(kind=args.kind, workers=args.workers, memory_budget=int(args.memory_budget_gb * 2**30),
-                  recall_k=args.recall_k, target_recall=args.target_recall, device=args.device)
+    common = {"kind": args.kind, "workers": args.workers, "memory_budget": int(args.memory_budget_gb * 2**30),
+              "recall_k": args.recall_k, "target_recall": args.target_recall, "device": args.device}
     if args.embeddings:
         summary = run_from_embeddings(args.embeddings, args.output, embedder_spec_of(args), **common)
     else:

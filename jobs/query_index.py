@@ -26,7 +26,13 @@ import json
 
 import numpy as np
 
-from index_builder.retrieval import MODES, Retriever, load_index, recorded_embedder, search_vectors
+from index_builder.retrieval import (
+    MODES,
+    Retriever,
+    load_index,
+    recorded_embedder,
+    search_vectors,
+)
 from restore_core import storage
 from restore_core.errors import InputError
 

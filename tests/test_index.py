@@ -5,7 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from index_builder.index import KINDS, RetrievalIndex, build_index, choose_kind, merge_ivf, spherical_distance
+from index_builder.index import (
+    KINDS,
+    RetrievalIndex,
+    build_index,
+    choose_kind,
+    merge_ivf,
+    spherical_distance,
+)
 from index_builder.tuning import merge_topk, smallest_meeting
 from restore_core.errors import ConfigError, InputError
 
@@ -61,7 +68,7 @@ def test_smallest_meeting_bisects_and_merge_topk_is_exact():
         calls.append(p)
         return min(1.0, p / 37)
 
-    value, r, seen = smallest_meeting(recall, 8, 1, 256, 0.95)
+    value, r, _ = smallest_meeting(recall, 8, 1, 256, 0.95)
     assert value == 36 and r >= 0.95 and len(calls) == len(set(calls)) <= 10
     assert smallest_meeting(recall, 8, 1, 16, 0.95)[0] == 16  # target out of reach: the limit
     rng = np.random.default_rng(1)

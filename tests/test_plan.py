@@ -3,9 +3,10 @@ nothing fetched, nothing written."""
 
 import json
 
+from test_corpus import write_openimages_csv
+
 from index_builder.plan import plan_corpus
 from jobs import cli
-from test_corpus import write_openimages_csv
 
 
 def test_dry_run_plans_open_images_csv_without_fetching(tmp_path, capsys):

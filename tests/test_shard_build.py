@@ -4,13 +4,13 @@ corpora, resume after an interruption, corrupt images skipped and listed."""
 import os
 
 import pytest
-
 from helpers import save_tiny_embedder
+from test_corpus import write_openimages_csv
+
 from index_builder.retrieval import Retriever
 from index_builder.shard_build import part_name, read_skipped
 from jobs.build_index import run_build
 from restore_core.bundled_photos import export_crops
-from test_corpus import write_openimages_csv
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,24 @@ def test_folder_build_resumes_only_missing_shards(ray_cluster, corpus, tmp_path)
     assert second["embedding"]["shards_done"] == 2 and second["embedding"]["shards_already_complete"] == 2
     assert all(os.path.getmtime(parts / part_name(p)) == t for p, t in kept.items())
     assert Retriever.load(out).image_ids == retriever.image_ids
-    assert second["index"]["build"]["parts_reused"] == 2  # index parts of the kept shards reused too
+    # index parts are keyed by content: re-embedded shards give the same vectors, so all are reused
+    assert second["index"]["build"]["parts_reused"] == 4
+
+    # issue 12: the same number of images, two swapped for others -> the index holds the new ones
+    swapped = root / "swapped"
+    import shutil
+
+    shutil.copytree(root / "photos", swapped)
+    for _, path, _ in rows[5:7]:
+        os.unlink(swapped / os.path.basename(path))
+    new = export_crops(str(tmp_path / "new"), "heldout", 2, 32, seed=7)
+    for image_id, path, _ in new:
+        shutil.move(path, swapped / f"zz-{image_id}.png")
+    third = run_build(str(swapped), out, spec, kind="flat", workers=2, shard_size=4)
+    assert third["images"] == first["images"] and third["embedding"]["shards_done"] >= 1
+    ids = Retriever.load(out).image_ids
+    assert {f"zz-{i}.png" for i, _, _ in new} <= set(ids)
+    assert not {os.path.basename(p) for _, p, _ in rows[5:7]} & set(ids) and len(ids) == 14
 
 
 def test_openimages_csv_builds_through_ray(ray_cluster, corpus, tmp_path):

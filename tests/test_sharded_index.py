@@ -11,7 +11,12 @@ import pytest
 from index_builder.embedding_source import open_source
 from index_builder.index import build_index
 from index_builder.retrieval import load_index
-from index_builder.serving import ShardIndex, load_trained, part_uri, start_shard_servers
+from index_builder.serving import (
+    ShardIndex,
+    load_trained,
+    part_uri,
+    start_shard_servers,
+)
 from index_builder.sharded_index import build_from_shards
 from jobs import cli
 from jobs.build_index import run_from_embeddings

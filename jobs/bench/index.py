@@ -210,7 +210,7 @@ def bench_sharded(args) -> dict:
     from scipy.spatial import cKDTree
 
     from index_builder.embedding_source import open_source
-    from index_builder.serving import ShardIndex
+    from index_builder.serving import ShardIndex, start_shard_servers
     from index_builder.sharded_index import build_from_shards
     from index_builder.tuning import merge_topk, recall_at_k
 
@@ -227,9 +227,17 @@ def bench_sharded(args) -> dict:
               "driver_peak_rss_before_build_bytes": rss_before, "build_recall": m["recall"],
               "parts": len(m["parts"]), "memory_bytes_estimate": m["memory_bytes"]}
     log.info("sharded build: %s", result)
+    q = clustered_vectors(args.queries, args.dim, args.clusters, seed=args.seed, members_seed=args.seed + 1)
+    fan = start_shard_servers(out, args.workers, cpus=max(0.1, (os.cpu_count() or 1) / (args.workers + 1)))
+    start = time.perf_counter()
+    fan_ids = fan.search(q, k)[1]
+    fan_batched = (time.perf_counter() - start) / len(q) * 1000
+    result["fan_out"] = {"servers": len(fan.shards), "server_rss_bytes": [s["rss_bytes"] for s in fan.server_stats],
+                         "ms_per_query_batched": round(fan_batched, 3),
+                         "ms_per_query_single": round(_time_single(fan.search, q[:100], k), 3)}
+    log.info("fan-out: %s", result["fan_out"])
     ray.shutdown()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    q = clustered_vectors(args.queries, args.dim, args.clusters, seed=args.seed, members_seed=args.seed + 1)
     exact = []
     for s, shard in zip(shards, np.cumsum([0] + [x.rows for x in shards[:-1]])):
         d2, i = faiss.knn(q, s.read().vectors, k)
@@ -240,6 +248,7 @@ def bench_sharded(args) -> dict:
     ids = index.search(q, k)[1]
     batched = (time.perf_counter() - start) / len(q) * 1000
     single = _time_single(index.search, q[:200], k)
+    result["fan_out"]["equals_merged"] = bool(np.array_equal(fan_ids, ids))
     result["heldout"] = {"queries": len(q), "recall": round(recall_at_k(ids, exact_ids), 4),
                          "ms_per_query_batched": round(batched, 3), "ms_per_query_single": round(single, 3),
                          "threads": faiss.omp_get_max_threads()}
@@ -320,9 +329,10 @@ def bench_degraded(args) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
+    if args.what not in ("shards", "sharded"):  # those never load torch (driver RSS is measured)
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
     runner = {"p1": bench_p1, "p4": bench_p4, "degraded": bench_degraded, "shards": bench_shards,
               "sharded": bench_sharded}[args.what]
     result = runner(args)
