@@ -177,3 +177,16 @@ def test_cli_converts_and_the_folder_restores(ffhq_reference, tmp_path, capsys):
     assert info["iterations"] == 1 and adapted.shape == gt.shape and torch.isfinite(adapted).all()
     assert (adapted - plain).abs().max() > 1e-3
     assert state_dict_hash(model.unet) == before
+
+
+def test_bench_gpu_small_runs_on_cpu(tmp_path):
+    """``adir bench gpu --small``: the GPU check's code path on a 2-level network at 32²."""
+    out = tmp_path / "gpu.json"
+    assert cli_main(["bench", "gpu", "--small", "--device", "cpu", "--reps", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["forward"]["ms_forward_fp32"] > 0 and result["forward"]["bf16_rel_l2"] < 0.1
+    rows = {(r["preset"], r["task"]): r for r in result["rows"]}
+    assert set(rows) == {("fast", "sr4"), ("paper", "sr4"), ("fast", "sr8")}
+    assert rows[("fast", "sr8")]["output"] == "64x64"  # twice the tile: the tiled path
+    assert all(r["seconds_per_image"] > 0 and r["seconds_adapt"] > 0 for r in rows.values())
+    assert result["faiss"]["faiss_queries_per_s"] > 0 and result["embedding"]["embed_images_per_s"] > 0
