@@ -85,7 +85,8 @@ def restore_one(y: torch.Tensor, operator, model, cfg: RestoreConfig | None = No
                          f"{model.in_channels}")
     model.check_image_shape(image_shape)
     check_max_side(model, image_shape, cfg.max_side, cfg.steps, cfg.tile_size, cfg.tile_overlap)
-    model = tiled_model(model, image_shape, cfg.tile_size, cfg.tile_overlap)  # no-op when it fits one tile
+    if not getattr(impl, "model_kind", ""):  # a Stable Diffusion pipeline samples the whole latent itself
+        model = tiled_model(model, image_shape, cfg.tile_size, cfg.tile_overlap)  # no-op when it fits one tile
     if neighbours is not None:
         _check_tensor(neighbours, "the neighbour images")
         if neighbours.shape[1] != model.in_channels:

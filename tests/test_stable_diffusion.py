@@ -257,3 +257,13 @@ def test_random_fill_masks_are_binary_boxes_or_whole_crops():
     full = (m.flatten(1).mean(1) == 1).float().mean().item()
     assert 0.15 < full < 0.35  # FULL_MASK_RATE = 0.25
     assert torch.equal(m, random_fill_masks(200, 32, 24, torch.Generator().manual_seed(0)))
+
+
+def test_sd_restores_images_larger_than_the_unet_sample_size_whole(upscaler):
+    """The pipeline samples the whole latent (SD's UNet is convolutional with attention; the
+    x4 upscaler's card runs 256² → 1024² beyond its 128² training latents): no pixel tiling."""
+    big = 2 * upscaler.sample_size
+    op = build_operator("sr4", (3, big, big))
+    y = op.A(random_crops(HELDOUT_PHOTOS[:1], 1, big, seed=1)[0])
+    x, info = restore_one(y, op, upscaler, RestoreConfig().with_overrides(FAST), method="sd", seed=0)
+    assert x.shape == (1, 3, big, big) and torch.isfinite(x).all()
