@@ -5,15 +5,15 @@ and config overrides), the bench options, ``prepare`` (prior, held-out crops and
 measurements, retrieval index), ``run_arm`` (restore one crop with one arm and score it),
 paired differences with standard errors, the table writers, provenance and resuming.
 
-Every restoration goes through ``restore_core.restore.restore_one`` and the method code
-the jobs use. Neighbour sources (``Arm.neighbours``): ``clip`` / ``random`` / ``mse`` are
+Every restoration and its scores go through the job's own row stages
+(``jobs.restore.row.restore`` / ``score``: ``restore_one`` and the method code the jobs use). Neighbour sources (``Arm.neighbours``): ``clip`` / ``random`` / ``mse`` are
 ``index_builder.retrieval.Retriever.neighbours`` modes over the training-photo corpus;
 ``oracle`` is K crops of the target's *own* photo at windows disjoint from the target's
 (``oracle_neighbours``): the best neighbours retrieval could ever find, so the gap
 between ``oracle`` and ``clip`` is what retrieval loses, and the gap between ``oracle`` and
 no adaptation is what adaptation on relevant images can buy at this scale.
 
-Imports restore_core, index_builder and jobs.build_index (index folder writer).
+Imports restore_core, index_builder, jobs.restore.row (the row stages) and jobs.build_index.
 """
 
 from __future__ import annotations
@@ -264,43 +264,47 @@ def _neighbours(setup: BenchSetup, arm: Arm, i: int, cfg, seed: int, record: dic
 def run_arm(setup: BenchSetup, arm: Arm, i: int, seed: int, cfg=None, weights_dir: str | None = None,
             save_dir: str | None = None, label: str | None = None) -> dict:
     """Restore crop ``i`` with ``arm`` (recorded as ``label``, default the arm's name) and
-    score it; failures are rows with the error. Retrieval time counts in the row's total
-    even when the neighbours come from the cache (``bench cost`` reuses them)."""
+    score it through the job's own row stages (``jobs.restore.row.restore`` and ``score``);
+    failures are rows with the error. Retrieval time counts in the row's total even when
+    the neighbours come from the cache (``bench cost`` reuses them)."""
+    import dataclasses
+
+    from jobs.restore.row import Measurement, WorkerContext
+    from jobs.restore.row import restore as restore_stage
+    from jobs.restore.row import score as score_stage
     from restore_core.adaptation import evaluate_after_adaptation
     from restore_core.errors import AdirError
     from restore_core.images import write_png
-    from restore_core.metrics import compute_metrics, consistency
-    from restore_core.restore import restore_one
 
     cfg = (cfg or setup.cfg).with_overrides(arm.overrides) if arm.overrides else (cfg or setup.cfg)
     gt = setup.crops[i:i + 1].to(setup.device)
-    y = setup.ys[i]
+    m = Measurement(setup.ys[i], setup.operator, gt.cpu())
     record: dict[str, Any] = {"image_id": setup.image_ids[i], "arm": label or arm.name, "seed": seed,
                               "status": "ok", "error": None, "neighbour_ids": [], "seconds_retrieve": 0.0}
     start = time.perf_counter()
     try:
         if arm.method == "bicubic":
-            x = _bicubic(y, setup.operator)
+            x = _bicubic(m.y, setup.operator)
             info = {"seconds_total": time.perf_counter() - start}
         else:
             neighbours = _neighbours(setup, arm, i, cfg, seed, record)
-            with evaluate_after_adaptation(lambda m: {"heldout_loss": heldout_loss(m, gt, seed)}):
-                x, info = restore_one(y, setup.operator, setup.model, cfg, method=arm.method,
-                                      neighbours=neighbours, seed=seed)
+            ctx = WorkerContext(job=None, model=setup.model, retriever=setup.retriever, seconds_load=0.0)
+            with evaluate_after_adaptation(lambda model: {"heldout_loss": heldout_loss(model, gt, seed)}):
+                x, info = restore_stage(m, dataclasses.replace(cfg, method=arm.method), ctx, neighbours, seed)
             if "heldout_loss" not in info and arm.method == "gd":  # no adaptation: the base prior
                 info["heldout_loss"] = heldout_loss(setup.model, gt, seed)
     except AdirError as exc:
         record.update(status="failed", error=str(exc), seconds_total=time.perf_counter() - start)
         log.warning("%s on %s failed: %s", record["arm"], record["image_id"], exc)
         return record
-    x = x.detach().float()
-    record.update(compute_metrics(x.cpu(), gt.cpu(), names=setup.metric_names, weights_dir=weights_dir))
-    record["consistency"] = consistency(x.to(y.device), y, setup.operator)
+    x = x.detach().float().cpu()
+    scoring = dataclasses.replace(cfg, metrics=tuple(setup.metric_names), metrics_weights_dir=weights_dir)
+    record.update(score_stage(x, m, scoring, "cpu"))
     record.update({key: info.get(key) for key in ("heldout_loss", "seconds_adapt", "seconds_sample", "steps",
                                                   "iterations", "adapt_loss_last")})
     record["seconds_total"] = record["seconds_retrieve"] + float(info.get("seconds_total", 0.0))
     if save_dir is not None:
-        write_png(x.cpu(), os.path.join(save_dir, f"{record['image_id']}_{record['arm']}.png"))
+        write_png(x, os.path.join(save_dir, f"{record['image_id']}_{record['arm']}.png"))
     return record
 
 
