@@ -122,3 +122,31 @@ def test_max_side_and_bad_tiling_are_refused(prior):
         restore_one(y, op, prior, RestoreConfig.from_dict({"steps": 2, "tile_size": 30}), method="gd")
     with pytest.raises(ConfigError, match="tile_overlap"):
         RestoreConfig.from_dict({"tile_overlap": -1})
+
+
+def test_make_manifest_resize_gives_the_table2_geometry(tmp_path):
+    """``make-manifest --degrade --resize N``: centre-square N² copies of each photo (the
+    ground truth), rows pointing at them; a 64² here stands for Table 2's 512²."""
+    from jobs.cli import main as cli_main
+    from jobs.restore.manifest import read_manifest
+    from jobs.restore.resize_inputs import centre_square
+    from restore_core.images import read_image, write_png
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    photos = {name: load_photo(name) for name in ("chelsea", "coffee")}  # 300x451, 400x600: not square
+    for name, x in photos.items():
+        write_png(x, str(src / f"{name}.png"))
+    out = tmp_path / "m.parquet"
+    assert cli_main(["make-manifest", "--images", str(src), "--task", "sr4", "--degrade", "--resize", "64",
+                     "--output", str(out)]) == 0
+    rows = read_manifest(str(out))
+    assert sorted(r["image_id"] for r in rows) == ["chelsea", "coffee"]
+    for r in rows:
+        assert r["input_uri"].startswith(str(tmp_path / "m-64px")) and r["degrade"]
+        x = read_image(r["input_uri"])
+        assert x.shape == (1, 3, 64, 64)
+        want = centre_square(read_image(str(src / f"{r['image_id']}.png")), 64)
+        assert (x - want).abs().max() <= 1.5 / 127.5  # 8-bit rounding only
+    assert cli_main(["make-manifest", "--images", str(src), "--task", "sr4", "--resize", "3",
+                     "--output", str(out)]) == 2

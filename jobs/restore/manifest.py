@@ -195,11 +195,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="inputs are clean images: make y with the task (benchmark mode, GT metrics)")
     p.add_argument("--seed", type=int, default=0, help="seed of every row (default 0)")
     p.add_argument("--output", required=True, help="manifest Parquet file to write (path or URI)")
+    p.add_argument("--resize", type=int, default=None, help="first centre-crop every image to a square and resize it to "
+                   "N x N (ADIR Table 2: --degrade --resize 512); copies go to --resized-dir")
+    p.add_argument("--resized-dir", default=None, help="folder of the --resize copies (default: <output>-<N>px)")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        rows = rows_from_folder(args.images, args.task, args.noise, args.method, args.degrade, args.seed)
+        images = args.images
+        if args.resize is not None:  # jobs.restore.resize_inputs: the Table 2 geometry / the resize policy
+            from jobs.restore.resize_inputs import resize_folder
+
+            images = resize_folder(images, args.resized_dir or f"{args.output.removesuffix('.parquet')}-{args.resize}px",
+                                   args.resize)
+        rows = rows_from_folder(images, args.task, args.noise, args.method, args.degrade, args.seed)
         write_manifest(rows, args.output)
     except InputError as exc:
         print(f"adir make-manifest: error: {exc}", flush=True)
