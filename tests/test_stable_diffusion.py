@@ -265,7 +265,7 @@ def test_sd_restores_images_larger_than_the_unet_sample_size_whole(upscaler):
     big = 2 * upscaler.sample_size
     op = build_operator("sr4", (3, big, big))
     y = op.A(random_crops(HELDOUT_PHOTOS[:1], 1, big, seed=1)[0])
-    x, info = restore_one(y, op, upscaler, RestoreConfig().with_overrides(FAST), method="sd", seed=0)
+    x, _ = restore_one(y, op, upscaler, RestoreConfig().with_overrides(FAST), method="sd", seed=0)
     assert x.shape == (1, 3, big, big) and torch.isfinite(x).all()
 
 
@@ -274,7 +274,12 @@ def test_adaptation_lowers_the_loss_on_fixed_batches_of_the_neighbours(upscaler,
     """The LoRA learns: the loss on 6 fixed batches (own seeds, not the training stream)
     drops after 40 Adam steps at lr 1e-3 — gradients reach the adapter through the real
     conditioning (low-res image / mask + masked latent)."""
-    from restore_core.latent_adaptation import inpaint_loss, sd_lora_adapter, train_adapter, upscaler_loss
+    from restore_core.latent_adaptation import (
+        inpaint_loss,
+        sd_lora_adapter,
+        train_adapter,
+        upscaler_loss,
+    )
 
     model = upscaler if kind == "upscale" else inpainter
     with sd_lora_adapter(model.unet, 16, 8, seed=0) as params:
