@@ -11,7 +11,8 @@ thumbnails, nobody loads all of them.
 * :class:`ShardIndex` — some parts added (``add_sa_codes``) to a copy of the trained empty
   index, with their global row ids, ids/URIs and thumbnails. ``search`` answers in global
   row ids; ``mse`` is the brute-force thumbnail search of ``Retriever``'s ``mse`` mode.
-  Holding every part, it is the merged index (what a single restore actor loads).
+  Holding every part, it is the merged index (what a single restore actor loads); once
+  loaded it moves to the GPU (``faiss.index_cpu_to_gpu``) when faiss has GPUs.
 * :class:`FanOut` — the same interface over several ``ShardIndex`` holders (Ray actors, or
   plain objects in tests): every query goes to every shard and the per-shard top-K are
   merged exactly (``index_builder.tuning.merge_topk``), so a fan-out answers what the merged
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from index_builder.index import gpu_if_available
 from index_builder.tuning import merge_topk
 from restore_core import storage
 from restore_core.errors import InputError
@@ -67,7 +69,10 @@ def set_search_params(index, kind: str, params: dict) -> None:
     import faiss
 
     if kind in ("ivf", "ivfpq"):
-        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+        try:
+            faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+        except RuntimeError:  # a GPU IVF index (index.gpu_if_available) holds nprobe itself
+            index.nprobe = int(params["nprobe"])
     elif kind == "hnsw":
         index.hnsw.efSearch = int(params["efSearch"])
 
@@ -110,6 +115,7 @@ class ShardIndex:
                            table.column("image_id").to_pylist(), table.column("uri").to_pylist(),
                            fixed_binary_to_uint8(table.column("thumbnail"))
                            if "thumbnail" in table.column_names else None)
+        shard.index = gpu_if_available(shard.index)  # faiss on GPU when this build sees one
         return shard
 
     def add_part(self, codes: np.ndarray, offset: int, image_ids: list[str], uris: list[str],

@@ -225,7 +225,10 @@ def build_from_shards(shards: list[Shard], output: str, kind: str = "auto", *, m
                                                      [(i, s, offsets[i]) for i, s in enumerate(shards)])
         else:
             stream = (actors[0].run(i, s, offsets[i]) for i, s in enumerate(shards))
+        running = None  # exact top-(k+1) of the recall queries, merged part by part (bounded memory)
         for r in stream:
+            part_exact = r.pop("exact")
+            running = part_exact if running is None else merge_topk([running, part_exact], k + 1)
             results.append(r)
             if len(results) % max(1, len(shards) // 20) == 0 or len(results) == len(shards):
                 say(f"parts {len(results)}/{len(shards)} ({sum(x['reused'] for x in results)} reused), "
@@ -234,7 +237,7 @@ def build_from_shards(shards: list[Shard], output: str, kind: str = "auto", *, m
         build_seconds = time.perf_counter() - start
         recall: dict[str, Any] = {"k": k, "queries": 0, "value": None}
         if k >= 1:
-            exact = exclude_self(merge_topk([r["exact"] for r in results], k + 1)[1], self_ids, k)
+            exact = exclude_self(running[1], self_ids, k)
             view = FanOut(actors, n, d, kind, p)
 
             def measure(trial: dict) -> float:
