@@ -14,7 +14,8 @@ crops, degradation noise and seeds of ``bench ablation``) with every arm:
 ``ia_random``       … after adaptation on K random corpus images (Table 6)
 ``ia_oracle``       … after adaptation on K crops of the target's own photo, disjoint
                     from it (``common.oracle_neighbours``)
-``fidelity``        ``--preset fidelity`` as a user runs it
+``fidelity``        ``--preset fidelity`` as a user runs it (the default method, adir,
+                    with the preset's sampler and samples)
 ==================  =======================================================================
 
 Reported (``peers.json``: one object per arm; ``peers_rows.parquet`` one row per image and
@@ -65,7 +66,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def build_arms(args) -> list[Arm]:
     """The arms of the module doc, in table order (``--arms`` filters them by name)."""
-    from restore_core.config import PRESETS
+    from restore_core.config import PRESETS, RestoreConfig
     from restore_core.errors import ConfigError
 
     samplers = [s for s in args.samplers.split(",") if s]
@@ -83,7 +84,7 @@ def build_arms(args) -> list[Arm]:
              for name in ABLATION]
     if "fidelity" in PRESETS:
         fid = PRESETS["fidelity"]
-        method = fid.get("method", "gd")
+        method = fid.get("method", RestoreConfig().method)  # what a user of the preset gets
         arms.append(Arm("fidelity", method, "clip" if method == "adir" else None,
                         tuple(f"{k}={v}" for k, v in fid.items() if k != "method")))
     if args.arms:
