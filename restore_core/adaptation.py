@@ -39,7 +39,7 @@ import contextlib
 import hashlib
 import math
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -219,7 +219,7 @@ def adapt_lora(model, images: torch.Tensor, params: list[torch.nn.Parameter], it
     info = {"iterations": iters, "adapt_loss_first": losses[0] if losses else None,
             "adapt_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else None,
             "seconds_adapt": time.perf_counter() - start}
-    for fn in list(_AFTER_ADAPTATION):
+    for fn in _AFTER_ADAPTATION:
         with torch.no_grad():
             info.update(fn(model))
     return info

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import make_tiny_prior
+
 from restore_core.adaptation import state_dict_hash
 from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.config import RestoreConfig
@@ -18,7 +18,13 @@ from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.operators import build_operator
 from restore_core.operators.base import LinearOperator
 from restore_core.restore import restore_one
-from restore_core.sampling.peers import SAMPLERS, PriorDenoiser, check_sampler, peer_sample, sigma_ratio
+from restore_core.sampling.peers import (
+    SAMPLERS,
+    PriorDenoiser,
+    check_sampler,
+    peer_sample,
+    sigma_ratio,
+)
 from restore_core.sampling.svd_physics import decompose, to_physics
 
 SIZE = 16

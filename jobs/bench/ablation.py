@@ -63,7 +63,13 @@ import time
 import torch
 
 from jobs.bench.common import Arm, add_common_options, prepare, run_arm
-from jobs.bench.tables import previous_rows, print_table, run_info, summarise, write_tables
+from jobs.bench.tables import (
+    previous_rows,
+    print_table,
+    run_info,
+    summarise,
+    write_tables,
+)
 
 log = logging.getLogger("adir.bench.ablation")
 

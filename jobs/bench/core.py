@@ -63,8 +63,8 @@ class _Clock:
 
 def bench_timings(model, args) -> dict:
     from restore_core.adaptation import adapt_lora, lora_adapter
-    from restore_core.sampling.alg1 import guided_ddpm_sample
     from restore_core.operators import build_operator
+    from restore_core.sampling.alg1 import guided_ddpm_sample
 
     size = args.size
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -94,9 +94,9 @@ def bench_timings(model, args) -> dict:
 def bench_scales(model, args) -> list[dict]:
     from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
     from restore_core.errors import SamplingDivergedError
-    from restore_core.sampling.alg1 import guided_ddpm_sample
     from restore_core.metrics import consistency
     from restore_core.operators import build_operator
+    from restore_core.sampling.alg1 import guided_ddpm_sample
 
     x, _ = random_crops(HELDOUT_PHOTOS, args.n, args.size, seed=0)
     rows = []

@@ -47,12 +47,12 @@ principle). The table is in the README ("Guidance scale per task"); ``adir bench
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from restore_core.models.pixel_unet import DiffusionModel
 from restore_core.errors import ConfigError, InputError, SamplingDivergedError
+from restore_core.models.pixel_unet import DiffusionModel
 
 SCALE_MODES = ("normalized", "paper")
 PAPER_SCALE = 10.0  # Table 1
