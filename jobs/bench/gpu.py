@@ -101,6 +101,7 @@ def bench_forward(folder: str, device: torch.device, reps: int) -> dict:
 def bench_rows(folder: str, device: torch.device, small: bool, skip_paper: bool) -> list[dict]:
     from restore_core.bundled_photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, random_crops
     from restore_core.config import RestoreConfig
+    from restore_core.errors import AdirError
     from restore_core.models.pixel_unet import load_diffusion_model
     from restore_core.operators import build_operator
     from restore_core.restore import restore_one
@@ -118,8 +119,12 @@ def bench_rows(folder: str, device: torch.device, small: bool, skip_paper: bool)
         op = build_operator(task, (3, side, side))
         row = {"preset": preset, "task": task, "output": f"{side}x{side}", "steps": cfg.steps,
                "adapt_iters": cfg.adapt_iters}
-        with _timer(device, row, "seconds_per_image"):
-            _, info = restore_one(op.A(gt), op, model, cfg, method="adir", neighbours=neighbours)
+        try:
+            with _timer(device, row, "seconds_per_image"):
+                _, info = restore_one(op.A(gt), op, model, cfg, method="adir", neighbours=neighbours)
+        except AdirError as exc:  # e.g. random weights diverging: report it, keep the other figures
+            row.update(seconds_per_image=float("nan"), error=str(exc))
+            info = {}
         row.update(seconds_adapt=info.get("seconds_adapt"), seconds_sample=info.get("seconds_sample"))
         rows.append(row)
     return rows
@@ -184,7 +189,7 @@ def _print(result: dict) -> None:
     for r in result["rows"]:
         print(f"  adir {r['task']} {r['output']:>9} preset {r['preset']:5} ({r['steps']} steps, {r['adapt_iters']} "
               f"iters): {r['seconds_per_image']:.1f} s/image (adapt {r['seconds_adapt'] or 0:.1f}, "
-              f"sample {r['seconds_sample'] or 0:.1f})")
+              f"sample {r['seconds_sample'] or 0:.1f})" + (f" FAILED: {r['error']}" if "error" in r else ""))
     fa = result["faiss"]
     print("  faiss: " + (fa["faiss"] if "faiss" in fa else
                          f"{fa['faiss_queries_per_s']:.0f} queries/s on {fa['faiss_on']} "
