@@ -38,6 +38,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "pipeline": ("jobs.bench.pipeline", "Ray pipeline scaling and overhead (P3)"),
     "index": ("jobs.bench.index", "retrieval index speed/recall (P1), embedding build (P4)"),
     "indi": ("jobs.bench.indi", "InDI perception-distortion table over N steps"),
+    "inversion": ("jobs.bench.inversion", "SHRED/DIIP diagnostic: DDIM-invert crops and regenerate; SHRED from each start"),
     "core": ("jobs.bench.core", "forward / sampling / adaptation timings of a 64² UNet"),
     "gpu": ("jobs.bench.gpu", "paper-scale figures on one GPU: 256² guided-diffusion forward, ADIR rows, faiss, embedding"),
 }

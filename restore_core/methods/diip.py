@@ -7,19 +7,27 @@ Fitting y completely reproduces its degradation, so the optimisation is stopped 
 one of the slides' self-supervised rules:
 
 * ``slope`` (degradations that *add* high frequencies: noise, JPEG): the normalised loss
-  slope Δ_k = (L_k − L_{k+1}) / L_k; stop when Δ_k < ``slope_eps``. Deviation: Δ is
-  averaged over the last ``slope_window`` iterations, since Adam's single steps are noisy.
+  slope Δ_k = (L_k − L_{k+1}) / L_k; stop when Δ_k < ``slope_eps``. Deviations: Δ is
+  averaged over the last ``slope_window`` iterations, since Adam's single steps are noisy,
+  and the rule waits for k ≥ ``k_min``: from a random start the loss bounces during the
+  first Adam steps (Δ < 0), and a rule that fires then returns noise.
+* ``noise`` (deviation, beside ``slope``): the discrepancy principle for additive noise, stop
+  once L_k ≤ σ², the noise variance, because a fit closer than the noise fits the noise.
+  σ is ``cfg.noise_sigma`` (0–255) or, when that is negative (blind), the wavelet
+  estimate from y (``sampling.peers.estimate_noise_sigma``).
 * ``laplacian`` (degradations that *remove* them: blur, low resolution): σ²_k, the
   variance of the Laplacian of the grey-level g(z_k), rises while details are fitted and
   falls once the blur is; stop when k > ``k_min`` and σ² has not exceeded its peak for
   ``patience`` iterations (the slides' σ²_k > σ²_{k+1} is ``patience = 1``), and return
   g(z) at the peak.
-* ``auto``: slope for ``denoise`` and ``jpeg``, laplacian for every other known task, and
-  both (the first to fire wins) when the task is blind (no operator); ``both`` forces that.
+* ``auto``: slope and noise for ``denoise`` and ``jpeg``, laplacian for every other known
+  task, and all three (the first to fire wins) when the task is blind (no operator);
+  ``both`` forces that; ``slope``, ``noise``, ``laplacian`` run one rule alone.
 
 With an operator whose output is smaller than the image (SR), y is presented as a blurry
 full-size image (bicubic upsampling), as the slides do; a 1-channel y is repeated over
-the model's channels. ``info`` reports the rule that fired and its iteration.
+the model's channels. ``info`` reports the rule that fired and its iteration. The rules
+read the batch-mean loss and sharpness (one image per call in the job layer).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import torch.nn.functional as F
 
 from restore_core.models.indi_model import full_size
 from restore_core.methods.base import base_info, register
-from restore_core.methods.shred import initial_noise, optimise_initial_noise
+from restore_core.methods.shred import initial_noise, noise_level, optimise_initial_noise
 from restore_core.operators import TASKS
 
 HIGH_FREQUENCY_TASKS = ("denoise", "jpeg")  # degradations that add high frequencies
@@ -48,17 +56,18 @@ def laplacian_variance(x: torch.Tensor) -> torch.Tensor:
 
 def rules_for(rule: str, operator) -> tuple[str, ...]:
     if rule == "both" or (rule == "auto" and operator is None):
-        return ("slope", "laplacian")
+        return ("slope", "noise", "laplacian")
     if rule == "auto":
-        return ("slope",) if operator.name in HIGH_FREQUENCY_TASKS else ("laplacian",)
+        return ("slope", "noise") if operator.name in HIGH_FREQUENCY_TASKS else ("laplacian",)
     return (rule,)
 
 
 class StoppingRules:
     """The slides' two stopping rules over the batch-mean loss and sharpness."""
 
-    def __init__(self, rules: tuple[str, ...], slope_eps: float, window: int, k_min: int, patience: int):
-        self.rules, self.slope_eps, self.window = rules, slope_eps, window
+    def __init__(self, rules: tuple[str, ...], slope_eps: float, window: int, k_min: int, patience: int,
+                 noise_var: float = 0.0):
+        self.rules, self.slope_eps, self.window, self.noise_var = rules, slope_eps, window, noise_var
         self.k_min, self.patience = k_min, patience
         self.losses: list[float] = []
         self.sharpness: list[float] = []
@@ -69,7 +78,10 @@ class StoppingRules:
     def __call__(self, k, x0, losses):
         self.x = x0
         self.losses.append(float(losses.mean()))
-        if "slope" in self.rules and len(self.losses) > self.window:
+        if "noise" in self.rules and self.losses[-1] <= self.noise_var:
+            self.fired_at = k
+            return "noise"
+        if "slope" in self.rules and k >= self.k_min and len(self.losses) > self.window:
             recent = self.losses[-self.window - 1:]
             deltas = [(a - b) / max(a, 1e-12) for a, b in itertools.pairwise(recent)]
             if sum(deltas) / len(deltas) < self.slope_eps:
@@ -95,12 +107,13 @@ class Diip:
 
     def restore(self, y, operator, model, cfg, *, neighbours=None, generator=None):
         d = cfg.diip
+        sigma255, sigma = noise_level(y, cfg.noise_sigma)  # on y as given, before any resizing
         if operator is not None:
             y = full_size(y, operator.image_shape[-2:])
         if y.shape[1] != model.in_channels:
             y = y.expand(-1, model.in_channels, -1, -1)
         rules = rules_for(d.rule, operator)
-        monitor = StoppingRules(rules, d.slope_eps, d.slope_window, d.k_min, d.patience)
+        monitor = StoppingRules(rules, d.slope_eps, d.slope_window, d.k_min, d.patience, noise_var=sigma**2)
         start = time.perf_counter()
         x_T = initial_noise(tuple(y.shape), generator, y.device, sphere=False)
 
@@ -109,8 +122,8 @@ class Diip:
 
         loop = optimise_initial_noise(model, x_T, loss_fn, monitor, skip=d.skip, iters=d.iters, lr=d.lr,
                                       grad=d.grad)
-        info = base_info(**loop, rules=list(rules), stop_iteration=monitor.fired_at or loop["iterations"],
-                         loss_start=monitor.losses[0], loss_end=monitor.losses[-1])
+        info = base_info(**loop, rules=list(rules), noise_sigma=sigma255,
+                         stop_iteration=monitor.fired_at or loop["iterations"], loss_start=monitor.losses[0], loss_end=monitor.losses[-1])
         info["seconds_sample"] = time.perf_counter() - start
         return monitor.x.clamp(-1, 1), info
 
