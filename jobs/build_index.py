@@ -148,8 +148,9 @@ def index_stage(shards_uri: str | list[str], output: str, spec: dict | None, kin
     tables = []
     for s in shards:
         data = s.read()
-        cols = {"image_id": data.image_ids, "uri": data.uris,
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(data.vectors.reshape(-1)), s.dim)}
+        cols = {"image_id": pa.array(data.image_ids, pa.string()), "uri": pa.array(data.uris, pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(data.vectors.reshape(-1), pa.float32()),
+                                                               s.dim)}
         if data.thumbs is not None:
             cols["thumbnail"] = data.thumbs
         tables.append(pa.table(cols))
