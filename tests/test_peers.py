@@ -165,3 +165,13 @@ def test_ddrm_beats_bicubic_on_sr4_with_the_shipped_prior():
         psnr["ddrm"] += compute_metrics(x, gt, names=("psnr",))["psnr"] / len(crops)
         psnr["bicubic"] += compute_metrics(x_pinv, gt, names=("psnr",))["psnr"] / len(crops)
     assert psnr["ddrm"] > psnr["bicubic"] + 0.3, psnr
+
+
+def test_noise_estimate_when_the_noise_level_is_not_given():
+    from restore_core.sampling.peers import estimate_noise_sigma
+
+    gt = random_crops(HELDOUT_PHOTOS, 1, 64, seed=4)[0]
+    op = build_operator("deblur_box5", (3, 64, 64))
+    for sigma in (10.0, 25.0):
+        y = op.degrade(gt, sigma, torch.Generator().manual_seed(0))
+        assert abs(estimate_noise_sigma(y) - sigma) < 0.2 * sigma

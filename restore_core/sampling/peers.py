@@ -93,7 +93,8 @@ class PriorDenoiser(torch.nn.Module):
 def estimate_noise_sigma(y: torch.Tensor) -> float:
     """σ of white Gaussian noise in y (0–255 scale) by the median absolute deviation of
     its finest diagonal Haar coefficients (Donoho & Johnstone, "Ideal spatial adaptation
-    by wavelet shrinkage"); image content biases it upwards on small, detailed y."""
+    by wavelet shrinkage"); image content biases it upwards on small, detailed y, and the
+    zeros of a masked y (inpaint, cs) bias it downwards."""
     h, w = (y.shape[-2] // 2) * 2, (y.shape[-1] // 2) * 2
     if h == 0 or w == 0:
         return 0.0
