@@ -59,7 +59,7 @@ class DiipConfig:
     rule: str = "auto"  # auto | slope | noise | laplacian | both
     slope_eps: float = 0.01  # stop when the normalised loss slope Δ_k < slope_eps
     slope_window: int = 5
-    k_min: int = 20  # neither the slope rule nor the Laplacian-variance peak counts before k_min
+    k_min: int = 40  # neither the slope rule nor the Laplacian-variance peak counts before k_min
     patience: int = 5  # iterations past the peak before declaring it
     grad: str = "full"  # full | skip-unet, as SHRED's
 

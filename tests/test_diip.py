@@ -13,7 +13,7 @@ import torch
 from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.config import RestoreConfig
 from restore_core.models.pixel_unet import load_diffusion_model
-from restore_core.methods.diip import StoppingRules, laplacian_variance
+from restore_core.methods.diip import StoppingRules, keep_or_input, laplacian_variance
 from restore_core.operators import build_operator
 from restore_core.restore import restore_one
 from helpers import make_tiny_prior
@@ -50,6 +50,18 @@ def test_noise_rule_fires_at_the_noise_variance():
     losses = [3.0, 1.0, 0.5, 0.2, 0.09, 0.05]
     assert _feed(("slope", "noise"), losses, k_min=10, noise_var=0.1) == ("noise", 5)
     assert _feed(("slope", "noise"), losses, k_min=10, noise_var=0.0) == (None, 6)
+
+
+def test_keep_or_input_returns_y_for_an_output_worse_than_y():
+    """A good estimate of a held-out crop is kept; an output with twice the input's noise
+    (what DIIP returned before its rules were fixed) is estimated worse than y and replaced."""
+    x, _ = random_crops(HELDOUT_PHOTOS, 2, 32, seed=2)
+    sigma = 2 * 25 / 255
+    y = x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    garbage = x + 2 * sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    out, kept = keep_or_input(torch.cat([x[:1], garbage[1:]]), y, sigma)
+    assert kept.tolist() == [True, False]
+    assert torch.equal(out[0], x[0]) and torch.equal(out[1], y[1])
 
 
 @pytest.mark.parametrize("task,sigma,rules", [("denoise", 25, ["slope", "noise"]),

@@ -17,11 +17,19 @@ lever" from "the optimisation is the lever":
    iterate and of the last, with the last residual in units of σ, beside A⁺y's PSNR.
    The learning rate is the method's for that start (``shred.task_lr``) unless set.
 
-Both on training crops and on held-out ones (``bundled_photos``, split by source photo).
+3. Restoration (``--restore``): the methods themselves through ``restore_one`` (with
+   ``--preset`` and ``--set``) on the same crops, against the trivial baseline (A⁺y, or y
+   for JPEG and blind use): PSNR, the gain, consistency (0–255) where A is linear, and
+   iterations. ``--grid DIR`` writes ground truth | baseline | output PNGs to look at.
 
-Example::
+Both on training crops and on held-out ones (``bundled_photos``, split by source photo;
+``--splits``). Tune on ``train`` only.
+
+Examples::
 
     adir bench inversion --task sr4 --noise 10 --n-images 2 --size 64 --iters 40
+    adir bench inversion --fixed-point "" --iters 0 --splits heldout --n-images 6 --preset fast \
+        --restore shred=sr4:10,diip=denoise:25,diip=jpeg:0 --grid runs/inversion_grid
 """
 
 from __future__ import annotations
@@ -38,9 +46,12 @@ import torch
 from restore_core.bundled_photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, random_crops
 from restore_core.config import RestoreConfig
 from restore_core.errors import ConfigError
+from restore_core.images import write_png
 from restore_core.methods.shred import residual_norm, optimise_initial_noise, start_point, task_lr
+from restore_core.metrics import consistency
 from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.operators import build_operator, sigma_to_model_range
+from restore_core.restore import restore_one
 from restore_core.sampling.ddim import ddim_decode, ddim_timesteps
 from restore_core.sampling.inversion import ddim_invert
 
@@ -60,6 +71,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=40, help="SHRED iterations per start (0: range only)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config overrides for SHRED (shred.skip, shred.lr, shred.grad, shred.tau)")
+    p.add_argument("--restore", default="", help="method=task:σ,... restored through restore_one, e.g. "
+                   "shred=sr4:10,diip=denoise:25,diip=jpeg:0")
+    p.add_argument("--preset", default=None, help="config preset for --restore (e.g. fast)")
+    p.add_argument("--splits", default="train,heldout", help=f"comma-separated subset of {', '.join(SPLITS)}")
+    p.add_argument("--grid", default=None, help="folder for ground truth | baseline | output PNGs of --restore")
     p.add_argument("--output", default="runs/bench_inversion.json")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=100)
@@ -144,6 +160,45 @@ def search_rows(model, x: torch.Tensor, op, noise: float, cfg: RestoreConfig, it
     return rows
 
 
+def parse_restore(spec: str) -> list[tuple[str, str, float]]:
+    """``method=task:σ,...`` → [(method, task, σ)]."""
+    out = []
+    for item in (v.strip() for v in spec.split(",") if v.strip()):
+        method, _, rest = item.partition("=")
+        task, _, sigma = rest.rpartition(":")
+        try:
+            out.append((method, task, float(sigma)))
+        except ValueError:
+            raise ConfigError(f"bad --restore item {item!r}; expected method=task:sigma, e.g. shred=sr4:10") from None
+        if not method or not task:
+            raise ConfigError(f"bad --restore item {item!r}; expected method=task:sigma, e.g. shred=sr4:10")
+    return out
+
+
+def restore_rows(model, x: torch.Tensor, method: str, task: str, sigma: float, cfg: RestoreConfig, seed: int,
+                 grid: str | None, label: str) -> list[dict]:
+    """One row: ``method`` on every crop (one restore_one call each, seed ``seed + i``) against the baseline."""
+    op = build_operator(task, tuple(x.shape[1:])).to(model.device)
+    blind = method == "shred_blind"
+    per, tiles = [], []
+    for i in range(len(x)):
+        y = op.degrade(x[i:i + 1], sigma, torch.Generator().manual_seed(seed + i))
+        base = op.A_pinv(y).clamp(-1, 1) if op.is_linear else y
+        start = time.perf_counter()
+        out, info = restore_one(y, None if blind else op, model, cfg, method=method, seed=seed + i)
+        seconds = time.perf_counter() - start
+        c = consistency(out, y, op) if op.is_linear else float("nan")
+        per.append((float(psnr(base, x[i:i + 1])), float(psnr(out, x[i:i + 1])), c, info["iterations"], seconds))
+        tiles.append(torch.cat([x[i:i + 1], base, out.to(x)], -1))
+    if grid:
+        os.makedirs(grid, exist_ok=True)
+        write_png(torch.cat(tiles, -2), os.path.join(grid, f"{label}_{method}_{task.replace(':', '_')}.png"))
+    mean = [sum(v) / len(v) for v in zip(*per)]
+    return [{"row": f"{method} on {task} σ{sigma:g}", "psnr_baseline": mean[0], "psnr": mean[1],
+             "gain": mean[1] - mean[0], "psnr_min_gain": min(p[1] - p[0] for p in per), "consistency": mean[2],
+             "iterations": mean[3], "seconds_per_image": mean[4]}]
+
+
 def format_table(rows: list[dict]) -> str:
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("row", "split")]
     lines = ["| split | row | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
@@ -154,18 +209,22 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run_bench(model, task: str, noise: float, n_images: int, size: int, fixed_points: list[int], iters: int,
-              cfg: RestoreConfig, seed: int) -> list[dict]:
+              cfg: RestoreConfig, seed: int, splits: list[str], restore: list[tuple[str, str, float]],
+              restore_cfg: RestoreConfig, grid: str | None) -> list[dict]:
     op = build_operator(task, (model.in_channels, size, size)).to(model.device)
-    if not op.is_linear:
-        raise ConfigError(f"bench inversion needs a linear task (SHRED); {task!r} is not")
+    if iters > 0 and not op.is_linear:
+        raise ConfigError(f"bench inversion's search needs a linear task (SHRED); {task!r} is not")
     rows = []
-    for split, photos in SPLITS.items():
-        x, sources = random_crops(photos, n_images, size, seed=seed)
+    for split in splits:
+        x, sources = random_crops(SPLITS[split], n_images, size, seed=seed)
         x = x.to(model.device)
         log.info("%s crops: %s", split, sources)
-        for row in range_rows(model, x, cfg.shred.skip, fixed_points, seed) + (
-                search_rows(model, x, op, noise, cfg, iters, seed) if iters > 0 else []):
-            rows.append({"split": split, **row})
+        found = range_rows(model, x, cfg.shred.skip, fixed_points, seed) if fixed_points else []
+        found += search_rows(model, x, op, noise, cfg, iters, seed) if iters > 0 else []
+        for method, rtask, sigma in restore:
+            found += restore_rows(model, x, method, rtask, sigma, restore_cfg, seed, grid, split)
+            log.info("%s", found[-1])
+        rows += [{"split": split, **row} for row in found]
     return rows
 
 
@@ -174,13 +233,18 @@ def main(args) -> int:
         fixed_points = [int(v) for v in args.fixed_point.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"bad --fixed-point {args.fixed_point!r}; expected e.g. 0,3,10") from None
-    if not fixed_points or min(fixed_points) < 0 or args.n_images < 1 or args.iters < 0:
+    if (fixed_points and min(fixed_points) < 0) or args.n_images < 1 or args.iters < 0:
         raise ConfigError("--fixed-point values must be >= 0, --n-images >= 1 and --iters >= 0")
+    splits = [v.strip() for v in args.splits.split(",") if v.strip()]
+    if not splits or any(v not in SPLITS for v in splits):
+        raise ConfigError(f"bad --splits {args.splits!r}; accepted: {', '.join(SPLITS)}")
+    restore = parse_restore(args.restore)
     torch.set_num_threads(args.threads)
     cfg = RestoreConfig().with_overrides(args.set)
+    restore_cfg = (RestoreConfig.preset(args.preset) if args.preset else RestoreConfig()).with_overrides(args.set)
     model = load_diffusion_model(args.model)
     rows = run_bench(model, args.task, args.noise, args.n_images, args.size, fixed_points, args.iters, cfg,
-                     args.seed)
+                     args.seed, splits, restore, restore_cfg, args.grid)
     print(f"DDIM inversion, skip {cfg.shred.skip}, {args.task} σ = {args.noise:g}, {args.n_images} crops of "
           f"{args.size}² per split, {args.iters} SHRED iterations")
     print(format_table(rows))
@@ -188,5 +252,5 @@ def main(args) -> int:
         os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
         with open(args.output, "w") as fh:
             json.dump({"task": args.task, "noise": args.noise, "size": args.size, "iters": args.iters,
-                       "overrides": args.set, "rows": rows}, fh, indent=2)
+                       "preset": args.preset, "overrides": args.set, "seed": args.seed, "rows": rows}, fh, indent=2)
     return 0

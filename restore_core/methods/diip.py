@@ -28,6 +28,10 @@ With an operator whose output is smaller than the image (SR), y is presented as 
 full-size image (bicubic upsampling), as the slides do; a 1-channel y is repeated over
 the model's channels. ``info`` reports the rule that fired and its iteration. The rules
 read the batch-mean loss and sharpness (one image per call in the job layer).
+
+Safeguard (deviation, with the ``noise`` rule and σ ≥ ``MIN_CHECK_SIGMA``): an output whose
+loss stays above 2σ² is estimated worse than y itself (``keep_or_input``), and y is
+returned for it with a warning: from N(0, I) the search stalls on some textures.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from restore_core.methods.shred import initial_noise, noise_level, optimise_init
 from restore_core.operators import TASKS
 
 HIGH_FREQUENCY_TASKS = ("denoise", "jpeg")  # degradations that add high frequencies
+MIN_CHECK_SIGMA = 2.0  # σ (0-255) below which keep_or_input's check is off (no measurable noise)
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
 
 
@@ -122,10 +127,28 @@ class Diip:
 
         loop = optimise_initial_noise(model, x_T, loss_fn, monitor, skip=d.skip, iters=d.iters, lr=d.lr,
                                       grad=d.grad)
+        check = sigma if "noise" in rules and sigma255 >= MIN_CHECK_SIGMA else 0.0
+        x_hat, kept = keep_or_input(monitor.x, y, check)
         info = base_info(**loop, rules=list(rules), noise_sigma=sigma255,
-                         stop_iteration=monitor.fired_at or loop["iterations"], loss_start=monitor.losses[0], loss_end=monitor.losses[-1])
+                         stop_iteration=monitor.fired_at or loop["iterations"], loss_start=monitor.losses[0],
+                         loss_end=monitor.losses[-1])
+        if not bool(kept.all()):
+            info["warnings"].append(f"DIIP's fit of {int((~kept).sum())} image(s) is estimated worse than the "
+                                    "input (‖g(z) − y‖² > 2σ²); returned the input there")
         info["seconds_sample"] = time.perf_counter() - start
-        return monitor.x.clamp(-1, 1), info
+        return x_hat.clamp(-1, 1), info
+
+
+def keep_or_input(x: torch.Tensor, y: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, x, or y where x is estimated to be further from the clean image than y.
+
+    For y = x* + σn and an output x that has not fitted the noise, E‖x − y‖²/n ≈
+    ‖x − x*‖²/n + σ², while y's own error is σ²: a loss above 2σ² says x is worse than y
+    (an underfit on a texture the search cannot reach). ``sigma = 0`` keeps every x.
+    Returns (images, kept mask (B,))."""
+    loss = (x - y).pow(2).flatten(1).mean(1)
+    kept = loss <= 2 * sigma**2 if sigma > 0 else torch.ones_like(loss, dtype=torch.bool)
+    return torch.where(kept.view(-1, 1, 1, 1), x, y), kept
 
 
 register(Diip())
