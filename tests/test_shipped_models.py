@@ -18,7 +18,7 @@ EMBEDDER_DIR = REPO / "models" / "embedder"
 
 
 def test_shipped_prior_loads_and_denoises():
-    """``load_diffusion_model()`` (no spec) is the shipped prior; its ℓ_simple (eq. 6) on
+    """``load_diffusion_model()`` (no spec) is the shipped prior; its ℓ_simple (ADIR eq. 6) on
     held-out 64² crops is well below 1, the loss of predicting ε̂ = 0."""
     from jobs.train.prior import l_simple_batch
     from restore_core.models.pixel_unet import DEFAULT_PRIOR_DIR, load_diffusion_model

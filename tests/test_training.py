@@ -114,6 +114,7 @@ def test_prior_init_from_continues_an_exported_prior(tmp_path):
     meta = json.loads((second / "training.json").read_text())
     assert meta["steps"] == 4 and [h["step"] for h in meta["heldout_loss_vs_time"]] == [2, 4]
     assert [p["steps"] for p in meta["earlier_phases"]] == [2] and meta["anneal"]
+    assert "_name_or_path" not in json.loads((second / "unet" / "config.json").read_text())
     a = load_file(first / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(second / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)

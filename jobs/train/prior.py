@@ -86,7 +86,10 @@ def _init_from(prior_dir: Path, seed: int):
     if not meta_path.is_file():
         raise ConfigError(f"--init-from needs an exported prior folder with training.json: {prior_dir}")
     meta = json.loads(meta_path.read_text())
-    unet = UNet2DModel.from_pretrained(prior_dir / "unet").train()
+    loaded = UNet2DModel.from_pretrained(prior_dir / "unet")
+    cfg = loaded.config  # rebuilt as a conv_unet: the same architecture, no source path in its config
+    unet = conv_unet(tuple(cfg.block_out_channels), cfg.layers_per_block, cfg.sample_size, cfg.out_channels)
+    unet.load_state_dict(loaded.state_dict())
     earlier = meta.get("earlier_phases", []) + [
         {"command": meta["command"], "steps": meta["steps"], "wall_seconds": meta["wall_seconds"],
          "train_photos": meta["train_photos"]}]
