@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 
-from restore_core.models.guided_diffusion import VARIANTS, load_checkpoint, write_diffusers_folder
+from restore_core.models.guided_diffusion import (
+    VARIANTS,
+    load_checkpoint,
+    write_diffusers_folder,
+)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

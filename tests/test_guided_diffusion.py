@@ -16,11 +16,15 @@ import pytest
 import torch
 
 from jobs.cli import main as cli_main
-from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.adaptation import attach_lora, remove_lora, state_dict_hash
+from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.config import RestoreConfig
 from restore_core.errors import ModelLoadError
-from restore_core.models.guided_diffusion import build_unet, convert_state_dict, infer_variant
+from restore_core.models.guided_diffusion import (
+    build_unet,
+    convert_state_dict,
+    infer_variant,
+)
 from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.operators import build_operator
 from restore_core.restore import restore_one

@@ -7,6 +7,7 @@ with (nearly) hard tiles shows the measure does detect seams.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -50,7 +51,7 @@ def test_layout_covers_every_side_with_the_overlap(tile, overlap, factor):
             assert length == side
             continue
         assert length % factor == 0 and length <= tile + overlap + factor
-        assert all(a + length - b >= overlap for a, b in zip(starts, starts[1:]))
+        assert all(a + length - b >= overlap for a, b in itertools.pairwise(starts))
 
 
 def test_fits_in_one_tile_is_the_untiled_model(prior):
@@ -106,7 +107,7 @@ def test_non_square_restore_beyond_a_tile_has_no_seam(prior):
     op = build_operator("sr4", (3, 64, 128))
     y = op.A(gt)
     cfg = RestoreConfig.from_dict({"steps": 12})
-    tiled, info = restore_one(y, op, prior, cfg, method="gd")
+    tiled, _ = restore_one(y, op, prior, cfg, method="gd")
     untiled, _ = restore_one(y, op, prior, cfg.with_overrides(["tile_size=128"]), method="gd")
     assert tiled.shape == gt.shape and not torch.equal(tiled, untiled)
     assert seam_ratio(tiled, 64, 8, prior.downsample_factor) < SEAM_LIMIT

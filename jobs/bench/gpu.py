@@ -63,7 +63,12 @@ def random_prior(folder: str, small: bool, seed: int = 0) -> str:
     ``small``) and random weights."""
     from diffusers import UNet2DModel
 
-    from restore_core.models.guided_diffusion import VARIANTS, Architecture, scheduler, unet_config
+    from restore_core.models.guided_diffusion import (
+        VARIANTS,
+        Architecture,
+        scheduler,
+        unet_config,
+    )
 
     arch = (Architecture(model_channels=32, num_res_blocks=1, attention_levels=(1,), channel_mult=(1, 2),
                          sample_size=32) if small else VARIANTS["imagenet256-uncond"])

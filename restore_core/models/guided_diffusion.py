@@ -79,18 +79,18 @@ def get_variant(name: str) -> Architecture:
 def unet_config(arch: Architecture) -> dict:
     """``UNet2DModel`` keyword arguments that represent ``arch`` exactly."""
     levels = range(len(arch.channel_mult))
-    return dict(
-        sample_size=arch.sample_size, in_channels=arch.in_channels, out_channels=arch.out_channels,
-        block_out_channels=tuple(arch.model_channels * m for m in arch.channel_mult),
-        layers_per_block=arch.num_res_blocks,
-        down_block_types=tuple("AttnDownBlock2D" if L in arch.attention_levels else "ResnetDownsampleBlock2D"
-                               for L in levels),
-        up_block_types=tuple("AttnUpBlock2D" if L in arch.attention_levels else "ResnetUpsampleBlock2D"
-                             for L in reversed(levels)),
-        downsample_type="resnet", upsample_type="resnet", resnet_time_scale_shift="scale_shift",
-        attention_head_dim=HEAD_CHANNELS, norm_num_groups=32, attn_norm_num_groups=32, norm_eps=1e-5,
-        flip_sin_to_cos=True, freq_shift=0, dropout=0.0,
-    )
+    return {
+        "sample_size": arch.sample_size, "in_channels": arch.in_channels, "out_channels": arch.out_channels,
+        "block_out_channels": tuple(arch.model_channels * m for m in arch.channel_mult),
+        "layers_per_block": arch.num_res_blocks,
+        "down_block_types": tuple("AttnDownBlock2D" if L in arch.attention_levels else "ResnetDownsampleBlock2D"
+                                  for L in levels),
+        "up_block_types": tuple("AttnUpBlock2D" if L in arch.attention_levels else "ResnetUpsampleBlock2D"
+                                for L in reversed(levels)),
+        "downsample_type": "resnet", "upsample_type": "resnet", "resnet_time_scale_shift": "scale_shift",
+        "attention_head_dim": HEAD_CHANNELS, "norm_num_groups": 32, "attn_norm_num_groups": 32, "norm_eps": 1e-5,
+        "flip_sin_to_cos": True, "freq_shift": 0, "dropout": 0.0,
+    }
 
 
 class _Plan:
