@@ -9,14 +9,14 @@ real photo with the shipped prior is ``tests/test_method_quality.py``."""
 
 import pytest
 import torch
+from helpers import make_tiny_prior
 
 from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.config import RestoreConfig
-from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.methods.diip import StoppingRules, keep_or_input, laplacian_variance
+from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.operators import build_operator
 from restore_core.restore import restore_one
-from helpers import make_tiny_prior
 
 SIZE = 16
 CAP = 40

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from helpers import make_tiny_prior
 
 from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
 from restore_core.config import RestoreConfig
@@ -20,7 +21,6 @@ from restore_core.operators import build_operator
 from restore_core.restore import restore_one
 from restore_core.sampling.ddim import ddim_sample
 from restore_core.sampling.inversion import ddim_invert
-from helpers import make_tiny_prior
 
 SIZE = 16
 CHEAP = ["shred.skip=250", "shred.lr=0.05"]  # 4 DDIM steps; a tiny untrained prior needs a larger lr

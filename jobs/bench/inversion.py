@@ -47,7 +47,12 @@ from restore_core.bundled_photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, random_cro
 from restore_core.config import RestoreConfig
 from restore_core.errors import ConfigError
 from restore_core.images import write_png
-from restore_core.methods.shred import residual_norm, optimise_initial_noise, start_point, task_lr
+from restore_core.methods.shred import (
+    optimise_initial_noise,
+    residual_norm,
+    start_point,
+    task_lr,
+)
 from restore_core.metrics import consistency
 from restore_core.models.pixel_unet import load_diffusion_model
 from restore_core.operators import build_operator, sigma_to_model_range
@@ -58,6 +63,7 @@ from restore_core.sampling.inversion import ddim_invert
 log = logging.getLogger("adir.bench_inversion")
 SPLITS = {"train": TRAIN_PHOTOS, "heldout": HELDOUT_PHOTOS}
 STARTS = ("gt", "noise", "pinv")
+START_LABELS = {"gt": "inverted ground truth", "noise": "N(0, I)", "pinv": "inverted A⁺y"}
 NOISY_SIGMA = 25
 
 
@@ -118,7 +124,6 @@ class Trace:
     def __call__(self, k, x0, losses):
         self.psnr.append(psnr(x0, self.gt))
         self.rel.append(losses / math.sqrt(self.m) / self.sigma)
-        return None
 
     def summary(self, tau: float) -> dict:
         p, r = torch.stack(self.psnr), torch.stack(self.rel)  # (iterations, B)
@@ -151,8 +156,7 @@ def search_rows(model, x: torch.Tensor, op, noise: float, cfg: RestoreConfig, it
         lr = task_lr(s.lr, op.name, "noise" if name == "noise" else "pinv")
         optimise_initial_noise(model, x_T, residual_norm(y, op.forward_op), trace, skip=s.skip, iters=iters,
                                lr=lr, grad=s.grad)
-        row = {"row": f"SHRED from {dict(gt='inverted ground truth', noise='N(0, I)', pinv='inverted A⁺y')[name]}",
-               "lr": lr}
+        row = {"row": f"SHRED from {START_LABELS[name]}", "lr": lr}
         row.update(trace.summary(s.tau))
         row["seconds_per_image"] = (time.perf_counter() - start) / len(x)
         rows.append(row)

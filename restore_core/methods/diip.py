@@ -42,9 +42,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from restore_core.models.indi_model import full_size
 from restore_core.methods.base import base_info, register
-from restore_core.methods.shred import initial_noise, noise_level, optimise_initial_noise
+from restore_core.methods.shred import (
+    initial_noise,
+    noise_level,
+    optimise_initial_noise,
+)
+from restore_core.models.indi_model import full_size
 from restore_core.operators import TASKS
 
 HIGH_FREQUENCY_TASKS = ("denoise", "jpeg")  # degradations that add high frequencies
