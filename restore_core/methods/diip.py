@@ -29,9 +29,11 @@ full-size image (bicubic upsampling), as the slides do; a 1-channel y is repeate
 the model's channels. ``info`` reports the rule that fired and its iteration. The rules
 read the batch-mean loss and sharpness (one image per call in the job layer).
 
-Safeguard (deviation, with the ``noise`` rule and σ ≥ ``MIN_CHECK_SIGMA``): an output whose
-loss stays above 2σ² is estimated worse than y itself (``keep_or_input``), and y is
-returned for it with a warning: from N(0, I) the search stalls on some textures.
+Safeguard (deviation, whenever the ``noise`` rule runs): an output whose loss stays above
+2σ² is estimated worse than y itself (``keep_or_input``), and y is returned for it with a
+warning: from N(0, I) the search stalls on some textures. σ is floored at
+``MIN_CHECK_SIGMA`` because the wavelet estimate sees almost no noise in a JPEG, whose
+artefacts are blocks, not white noise.
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ from restore_core.methods.shred import (
     optimise_initial_noise,
 )
 from restore_core.models.indi_model import full_size
-from restore_core.operators import TASKS
+from restore_core.operators import TASKS, sigma_to_model_range
 
 HIGH_FREQUENCY_TASKS = ("denoise", "jpeg")  # degradations that add high frequencies
-MIN_CHECK_SIGMA = 2.0  # σ (0-255) below which keep_or_input's check is off (no measurable noise)
+MIN_CHECK_SIGMA = 10.0  # floor (0-255) under keep_or_input's σ: JPEG's artefacts are not white noise
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
 
 
@@ -131,7 +133,7 @@ class Diip:
 
         loop = optimise_initial_noise(model, x_T, loss_fn, monitor, skip=d.skip, iters=d.iters, lr=d.lr,
                                       grad=d.grad)
-        check = sigma if "noise" in rules and sigma255 >= MIN_CHECK_SIGMA else 0.0
+        check = max(sigma, sigma_to_model_range(MIN_CHECK_SIGMA)) if "noise" in rules else 0.0
         x_hat, kept = keep_or_input(monitor.x, y, check)
         info = base_info(**loop, rules=list(rules), noise_sigma=sigma255,
                          stop_iteration=monitor.fired_at or loop["iterations"], loss_start=monitor.losses[0],
