@@ -36,6 +36,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "cost": ("jobs.bench.cost", "paper configuration against the fast preset (P2)"),
     "peers": ("jobs.bench.peers", "our samplers against DDRM / DiffPIR / DPS on the same prior, with adaptation"),
     "pipeline": ("jobs.bench.pipeline", "Ray pipeline scaling and overhead (P3)"),
+    "bookkeeping": ("jobs.bench.bookkeeping", "restore bookkeeping at 10k/100k rows: commit, resume scan, reducer"),
     "index": ("jobs.bench.index", "retrieval index speed/recall (P1), embedding build (P4)"),
     "indi": ("jobs.bench.indi", "InDI perception-distortion table over N steps"),
     "inversion": ("jobs.bench.inversion", "SHRED/DIIP diagnostic: DDIM-invert crops and regenerate; SHRED from each start"),

@@ -64,6 +64,9 @@ def _weights_file(metric: str, fname: str, weights_dir: str | None) -> str:
     return path
 
 
+weights_file = _weights_file  # public name: the restore job's preflight checks weights before any work
+
+
 @contextlib.contextmanager
 def _hub_dir(path: str | None):
     """Use ``path`` as torch.hub's dir (torchvision backbones) for the duration."""

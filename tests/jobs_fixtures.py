@@ -99,9 +99,9 @@ def after_first_row(monkeypatch, action):
     """Call ``action()`` once from the driver loop of ``adir restore``, right after it has
     counted the first committed row: the other rows are then still queued or in flight,
     however fast the machine is (a watcher thread polling for records can be outrun)."""
-    from jobs.restore import driver as restore_job
+    from jobs.restore import pool
 
-    update = restore_job.Progress.update
+    update = pool.Progress.update
     fired = []
 
     def update_then_act(self, ok):
@@ -111,5 +111,5 @@ def after_first_row(monkeypatch, action):
             action()
 
     with monkeypatch.context() as patch:
-        patch.setattr(restore_job.Progress, "update", update_then_act)
+        patch.setattr(pool.Progress, "update", update_then_act)
         yield

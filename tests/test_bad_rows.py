@@ -12,7 +12,15 @@ import pandas as pd
 from PIL import Image
 
 from jobs.restore.results import read_results
-from tests.jobs_fixtures import manifest_rows, photo_dir, ray_cluster, run_restore, tiny_prior, write_manifest_file  # noqa: F401
+from jobs.restore.row import image_path
+from tests.jobs_fixtures import (
+    manifest_rows,
+    photo_dir,
+    ray_cluster,
+    run_restore,
+    tiny_prior,
+    write_manifest_file,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -43,7 +51,7 @@ CASES = {
 }
 
 
-def test_bad_rows_fail_alone(ray_cluster, tiny_prior, photo_dir, tmp_path, capsys):  # noqa: F811
+def test_bad_rows_fail_alone(ray_cluster, tiny_prior, photo_dir, tmp_path, capsys):
     files = tmp_path / "inputs"
     files.mkdir()
     rows = manifest_rows(photo_dir, "sr4", "gd", n=2)
@@ -73,7 +81,7 @@ def test_bad_rows_fail_alone(ray_cluster, tiny_prior, photo_dir, tmp_path, capsy
         else:
             assert row["status"] == "failed" and expected in row["error"], (image_id, row["error"])
             assert "\n" not in row["error"] and pd.isna(row["output_path"])
-            assert not (out / "restored" / f"{image_id}.png").exists()
+            assert not (out / image_path("restored", image_id)).exists()
     good = [r["image_id"] for r in rows[:2]]
     assert (df.loc[good, "status"] == "ok").all()
     summary = json.loads((out / "summary.json").read_text())

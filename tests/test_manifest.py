@@ -102,7 +102,8 @@ def test_defaults_and_per_row_overrides(tmp_path):
     task = first.pop("task_spec")
     assert (task.name, task.params, task.sr_factor) == ("colorize", {}, 1)
     assert first == {"image_id": "x.1", "input_uri": "s3://b/x.png", "task": "colorize", "gt_uri": None,
-                     "degrade": False, "noise_sigma": 0.0, "method": "adir", "seed": 0, "k": None, "steps": 5}
+                     "degrade": False, "noise_sigma": 0.0, "method": "adir", "seed": 0, "k": None, "steps": 5,
+                     "prompt": None, "mask_uri": None}
     assert second["steps"] is None
 
 

@@ -105,6 +105,7 @@ def test_summary_numbers(job_output):
     assert g["seconds"]["seconds_adapt"] == pytest.approx(1.5)
     assert g["seconds"]["seconds_total"] == pytest.approx(np.mean([3.4, 6.4]))
     assert "consistency" in on_disk["lower_better"] and "psnr" not in on_disk["lower_better"]
+    assert "noise_sigma" not in on_disk["metrics"] and "seconds_total" not in on_disk["metrics"]
     assert {f["image_id"] for f in on_disk["failures"]} == {"bad-0", "bad-1"}
     table = pd.read_parquet(out / "summary.parquet")
     assert sorted(table["image_id"]) == sorted(r["image_id"] for r in records)

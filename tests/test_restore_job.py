@@ -14,16 +14,26 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from jobs.restore.results import RESULTS_DIR, read_results
-from tests.jobs_fixtures import (after_first_row, manifest_rows, photo_dir, ray_cluster,  # noqa: F401
-                                 run_restore, tiny_index, tiny_prior, write_manifest_file)
+from jobs.restore.results import RESULTS_DIR, part_uris, read_part, read_results
+from jobs.restore.row import image_path
+from tests.jobs_fixtures import (
+    after_first_row,
+    manifest_rows,
+    photo_dir,
+    ray_cluster,
+    run_restore,
+    tiny_index,
+    tiny_prior,
+    write_manifest_file,
+)
 
 
-def _records(out) -> list[str]:
-    return sorted(os.listdir(os.path.join(out, RESULTS_DIR)))
+def _record_ids(out) -> list[str]:
+    """Every committed record's id, duplicates included (a row done twice shows twice)."""
+    return sorted(i for u in part_uris(str(out)) for i in read_part(u, ["image_id"])["image_id"].to_pylist())
 
 
-def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, tmp_path, capsys,  # noqa: F811
+def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, tmp_path, capsys,
                                 monkeypatch):
     rows = (manifest_rows(photo_dir, "sr4", "adir", n=3) + manifest_rows(photo_dir, "colorize", "gd", n=3)
             + manifest_rows(photo_dir, "deblur_box5", "adir", n=2, noise_sigma=5.0))
@@ -46,7 +56,7 @@ def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, 
     before = read_results(str(out))
     assert 1 <= len(before) < len(rows), "the interrupt must land mid-run"
     first_pass = {r.image_id: r.finished_at for r in before.itertuples()}
-    mtimes = {i: os.path.getmtime(out / RESULTS_DIR / f"{i}.parquet") for i in first_pass}
+    parts = {u: os.path.getmtime(u) for u in part_uris(str(out))}
 
     # 2. resume: only the missing rows are redone
     code, stdout, stderr = run_restore(capsys, manifest, str(out), prior=tiny_prior, sets=sets)
@@ -55,10 +65,10 @@ def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, 
     assert "rows done (0 failed)" in stdout and "rows/s" in stdout and "ETA" in stdout
     df = read_results(str(out))
     assert sorted(df["image_id"]) == sorted(r["image_id"] for r in rows)
-    assert _records(out) == sorted(f"{r['image_id']}.parquet" for r in rows)
+    assert _record_ids(out) == sorted(r["image_id"] for r in rows)  # each row committed once
     for image_id, finished in first_pass.items():
         assert df.set_index("image_id").loc[image_id, "finished_at"] == finished
-        assert os.path.getmtime(out / RESULTS_DIR / f"{image_id}.parquet") == mtimes[image_id]
+    assert all(os.path.getmtime(u) == t for u, t in parts.items()), "committed parts are never rewritten"
     redone = df[~df["image_id"].isin(first_pass)]
     assert redone["worker_pid"].nunique() == 2, "both workers of the resumed run must get rows"
 
@@ -77,8 +87,8 @@ def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, 
             assert all(os.path.exists(u) for u in r.neighbour_uris)
         else:
             assert len(r.neighbour_ids) == 0 and r.iterations == 0
-    assert not [f for d in ("restored", "observed", "gt", RESULTS_DIR) for f in os.listdir(out / d)
-                if f.startswith(".tmp-")]
+    assert not [f for d in ("restored", "observed", "gt", RESULTS_DIR) for _, _, files in os.walk(out / d)
+                for f in files if f.startswith(".tmp-")]
 
     # 4. summary, job.json and report (the reducer's own checks are in test_report.py)
     summary = json.loads((out / "summary.json").read_text())
@@ -86,7 +96,7 @@ def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, 
     assert {(g["task"], g["method"]) for g in summary["groups"]} == {
         ("sr4", "adir"), ("colorize", "gd"), ("deblur_box5", "adir")}
     assert len(pd.read_parquet(out / "summary.parquet")) == len(rows)
-    assert json.loads((out / "job.json").read_text())["config"]["restore"]["steps"] == 4
+    assert json.loads((out / "job.json").read_text())["settings"]["restore.steps"] == 4
     assert (out / "report.html").stat().st_size > 0
 
     # 5. nothing left to do: a third run skips every row and still exits 0
@@ -94,7 +104,7 @@ def test_end_to_end_with_resume(ray_cluster, tiny_prior, tiny_index, photo_dir, 
     assert code == 0 and f"{len(rows)} already have a result record" in stdout
 
 
-def test_outputs_do_not_depend_on_worker_count(ray_cluster, tiny_prior, tiny_index, photo_dir, tmp_path, capsys):  # noqa: F811
+def test_outputs_do_not_depend_on_worker_count(ray_cluster, tiny_prior, tiny_index, photo_dir, tmp_path, capsys):
     """Determinism contract: the same row and seed give byte-identical images whether the
     rows run on one worker or are spread over two (fresh actors, other row order)."""
     rows = manifest_rows(photo_dir, "sr4", "adir", n=2) + manifest_rows(photo_dir, "colorize", "gd", n=2)
@@ -109,11 +119,11 @@ def test_outputs_do_not_depend_on_worker_count(ray_cluster, tiny_prior, tiny_ind
         assert code == 0, stdout + stderr
         outs.append(out)
     for r in rows:
-        one, two = (open(o / "restored" / f"{r['image_id']}.png", "rb").read() for o in outs)
+        one, two = (open(o / image_path("restored", r["image_id"]), "rb").read() for o in outs)
         assert one == two, r["image_id"]
 
 
-def test_killed_worker_every_row_exactly_once(ray_cluster, tiny_prior, photo_dir, tmp_path, capsys,  # noqa: F811
+def test_killed_worker_every_row_exactly_once(ray_cluster, tiny_prior, photo_dir, tmp_path, capsys,
                                              monkeypatch):
     rows = manifest_rows(photo_dir, "sr4", "gd", n=4) + manifest_rows(photo_dir, "colorize", "gd", n=4)
     manifest = write_manifest_file(rows, tmp_path / "m.parquet")
@@ -132,7 +142,7 @@ def test_killed_worker_every_row_exactly_once(ray_cluster, tiny_prior, photo_dir
     assert code == 0, stdout + stderr
     df = read_results(str(out))
     assert sorted(df["image_id"]) == sorted(r["image_id"] for r in rows)  # none lost, none twice
-    assert _records(out) == sorted(f"{r['image_id']}.parquet" for r in rows)
+    assert _record_ids(out) == sorted(r["image_id"] for r in rows)
     assert (df["status"] == "ok").all()
     assert set(df["worker_pid"]) - set(killed), "rows after the kill ran on other/restarted workers"
     summary = json.loads((out / "summary.json").read_text())
@@ -155,7 +165,7 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
-def test_usage_errors_exit_2_before_work(case, tiny_prior, photo_dir, tmp_path, capsys):  # noqa: F811
+def test_usage_errors_exit_2_before_work(case, tiny_prior, photo_dir, tmp_path, capsys):
     args, expected = BAD_CASES[case]
     good = manifest_rows(photo_dir, "sr4", "gd", n=1)
     paths = {"tmp": str(tmp_path), "cfg": str(tmp_path / "job.yaml"),

@@ -19,8 +19,14 @@ import pytest
 from PIL import Image
 
 from jobs.restore.results import read_results
-from tests.jobs_fixtures import (after_first_row, manifest_rows, photo_dir, ray_cluster, run_restore,  # noqa: F401
-                                 tiny_prior)
+from tests.jobs_fixtures import (
+    after_first_row,
+    manifest_rows,
+    photo_dir,
+    ray_cluster,
+    run_restore,
+    tiny_prior,
+)
 
 SETS = ["steps=2", "metrics=psnr", "cpus_per_worker=0.5"]
 
@@ -60,7 +66,7 @@ def s3(s3_server, monkeypatch):
     return fs
 
 
-def _upload_job(fs, photo_dir, prefix: str, n: int) -> str:  # noqa: F811
+def _upload_job(fs, photo_dir, prefix: str, n: int) -> str:
     rows = manifest_rows(photo_dir, "sr4", "gd", n=4)[:n] + manifest_rows(photo_dir, "colorize", "gd", n=4)[:n]
     for r in rows:
         uri = f"s3://inputs/{prefix}/{r['image_id']}.png"
@@ -74,7 +80,7 @@ def _upload_job(fs, photo_dir, prefix: str, n: int) -> str:  # noqa: F811
     return f"s3://inputs/{prefix}/manifest.parquet"
 
 
-def test_restore_on_s3(ray_cluster, tiny_prior, photo_dir, s3, capsys):  # noqa: F811
+def test_restore_on_s3(ray_cluster, tiny_prior, photo_dir, s3, capsys):
     manifest = _upload_job(s3, photo_dir, "ok", 2)
     out = "s3://outputs/job"
     code, stdout, stderr = run_restore(capsys, manifest, out, prior=tiny_prior, sets=SETS)
@@ -88,7 +94,7 @@ def test_restore_on_s3(ray_cluster, tiny_prior, photo_dir, s3, capsys):  # noqa:
     assert json.loads(s3.cat("outputs/job/summary.json"))["ok"] == 4
 
 
-def test_s3_server_stopped_mid_run(ray_cluster, tiny_prior, photo_dir, s3_server, s3, capsys,  # noqa: F811
+def test_s3_server_stopped_mid_run(ray_cluster, tiny_prior, photo_dir, s3_server, s3, capsys,
                                   monkeypatch):
     server, port, _ = s3_server
     manifest = _upload_job(s3, photo_dir, "fault", 4)
@@ -108,16 +114,42 @@ def test_s3_server_stopped_mid_run(ray_cluster, tiny_prior, photo_dir, s3_server
     server.start()  # moto keeps its buckets in-process: same data, back online
     s3.invalidate_cache()
     records = s3.glob("outputs/fault/results/*.parquet")
-    assert 1 <= len(records) < 8
-    for key in records:  # every record that exists is whole, and so are the images it names
-        rec = pq.read_table(io.BytesIO(s3.cat(key))).to_pylist()[0]
+    committed = [rec for key in records for rec in pq.read_table(io.BytesIO(s3.cat(key))).to_pylist()]
+    assert 1 <= len(committed) < 8
+    for rec in committed:  # every record that exists is whole, and so are the images it names
         if rec["status"] == "ok":
             for rel in (rec["output_path"], rec["observed_path"], rec["gt_path"]):
                 Image.open(io.BytesIO(s3.cat(f"outputs/fault/{rel}"))).load()
-    for key in s3.glob("outputs/fault/*/*.png"):
+    for key in s3.glob("outputs/fault/*/*/*.png"):
         Image.open(io.BytesIO(s3.cat(key))).load()  # no partial image either
 
     code, stdout, stderr = run_restore(capsys, manifest, out, "--retry-failed", prior=tiny_prior, sets=SETS)
     assert code == 0, stdout + stderr
     df = read_results(out)
     assert len(df) == 8 and (df["status"] == "ok").all()
+
+
+def test_s3_without_credentials_is_one_line_exit_2(tiny_prior, photo_dir, s3, tmp_path, monkeypatch, capsys):
+    """The moto server is up but the client has no credentials: exit 2 before any work, one
+    line naming the URI and the error (not a botocore traceback)."""
+    import s3fs
+
+    from jobs.cli import main
+
+    manifest = _upload_job(s3, photo_dir, "nocreds", 1)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    for key in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(key, str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        code = main(["restore", "--manifest", manifest, "--output", "s3://outputs/nocreds",
+                     "--set", f"model={tiny_prior}", "--set", "metrics=psnr"])
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and manifest in lines[0] and "credentials" in lines[0].lower(), lines
+    assert "Traceback" not in captured.err + captured.out

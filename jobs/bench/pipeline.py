@@ -5,7 +5,7 @@ On the same rows, in one run (same machine load, same seeds):
 * **in-process**: one plain Python loop: ``jobs.restore.row.load_context`` once, then
   ``jobs.restore.row.commit_row`` per row (load → retrieve → ``restore_one`` → score → write),
   one torch thread — exactly what one Ray actor runs, without Ray;
-* **ray ×1** and **ray ×2**: ``jobs.restore.driver.run_rows`` with 1 and 2 actors (one CPU and
+* **ray ×1** and **ray ×2**: ``jobs.restore.pool.run_rows`` with 1 and 2 actors (one CPU and
   one torch thread each), the code path of ``adir restore``.
 
 Two clocks: **wall** counts from the start of a run (actor start-up, model + index load
@@ -56,9 +56,11 @@ def _record_times(output: str) -> tuple[dict, float]:
 
 
 def _digests(output: str, rows: list[dict]) -> dict[str, str]:
+    from jobs.restore.row import image_path
+
     out = {}
     for row in rows:
-        path = os.path.join(output, "restored", f"{row['image_id']}.png")
+        path = os.path.join(output, image_path("restored", row["image_id"]))
         out[row["image_id"]] = hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.exists(path) else ""
     return out
 
@@ -77,7 +79,7 @@ def _in_process(job, rows: list[dict], output: str) -> float:
 
 
 def _ray(ray, job, rows: list[dict], output: str) -> float:
-    from jobs.restore.driver import run_rows
+    from jobs.restore.pool import run_rows
 
     start = time.perf_counter()
     run_rows(ray, job, rows, output)
@@ -90,9 +92,9 @@ def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from jobs.demo import build_corpus_index, heldout_crops, sample_size
+    from jobs.ray_env import init_ray
     from jobs.restore.job_config import build_job_config
     from jobs.restore.manifest import validate_rows
-    from jobs.ray_env import init_ray
 
     output = os.path.abspath(args.output)
     side = sample_size(args.model)

@@ -25,8 +25,9 @@ sends the validated ``JobConfig`` itself to the workers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 

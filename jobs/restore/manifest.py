@@ -18,6 +18,10 @@ method        no        a method of the registry (``restore_core.methods``): adi
                         (default), pinv, gd, ia_y, shred, diip, indi, …
 seed          no        integer ≥ 0 (default 0): degradation noise and sampling
 k, steps      no        per-row overrides of the config (null = job config)
+prompt        no        text prompt of ``sd_edit`` / ``adir_edit`` rows (and of the
+                        x4 upscaler, empty by default); null = the job's ``sd.prompt``
+mask_uri      no        ``edit`` rows: image of the input's size, white = the region
+                        to fill (required for task ``edit`` unless its spec names one)
 ============  ========  ==========================================================
 
 ``read_manifest`` refuses, before any work, a missing file, missing or unknown columns,
@@ -43,11 +47,12 @@ import pyarrow.parquet as pq
 from restore_core import storage
 from restore_core.config import CHOICES
 from restore_core.errors import InputError
-from restore_core.operators import parse_task
+from restore_core.operators import TaskSpec, parse_task
 
 REQUIRED: tuple[str, ...] = ("image_id", "input_uri", "task")
 DEFAULTS: dict[str, Any] = {
     "gt_uri": None, "degrade": False, "noise_sigma": 0.0, "method": "adir", "seed": 0, "k": None, "steps": None,
+    "prompt": None, "mask_uri": None,
 }
 COLUMNS: tuple[str, ...] = REQUIRED + tuple(DEFAULTS)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -55,7 +60,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MANIFEST_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("input_uri", pa.string()), ("task", pa.string()), ("gt_uri", pa.string()),
     ("degrade", pa.bool_()), ("noise_sigma", pa.float64()), ("method", pa.string()), ("seed", pa.int64()),
-    ("k", pa.int64()), ("steps", pa.int64()),
+    ("k", pa.int64()), ("steps", pa.int64()), ("prompt", pa.string()), ("mask_uri", pa.string()),
 ])
 _MAX_LISTED = 5
 
@@ -70,7 +75,7 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
-def _check_row(row: dict) -> str | None:
+def _check_row(row: dict, tasks: dict) -> str | None:
     """The first problem of one (defaults-filled) row, or None."""
     image_id = row["image_id"]
     if not isinstance(image_id, str) or not ID_PATTERN.match(image_id) or image_id in (".", ".."):
@@ -80,7 +85,10 @@ def _check_row(row: dict) -> str | None:
     if row["gt_uri"] is not None and (not isinstance(row["gt_uri"], str) or not row["gt_uri"].strip()):
         return "gt_uri must be a URI or null"
     try:
-        row["task_spec"] = parse_task(row["task"])  # unknown task or parameter: InputError
+        spec = tasks.get(row["task"]) if isinstance(row["task"], str) else None
+        if spec is None:  # parsed once per distinct spec string; rows share the read-only TaskSpec
+            spec = tasks[row["task"]] = parse_task(row["task"])  # unknown task or parameter: InputError
+        row["task_spec"] = spec
     except InputError as exc:
         return str(exc)
     if not isinstance(row["degrade"], bool):
@@ -97,6 +105,11 @@ def _check_row(row: dict) -> str | None:
         value = row[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             return f"{key} must be an integer > 0 or null, got {value!r}"
+    for key in ("prompt", "mask_uri"):
+        if row[key] is not None and not isinstance(row[key], str):
+            return f"{key} must be text or null, got {row[key]!r}"
+    if row["task_spec"].name == "edit" and not row["mask_uri"] and not {"mask", "size"} & set(row["task_spec"].params):
+        return "task edit needs mask_uri (an image of the input's size, white = the region to fill)"
     return None
 
 
@@ -124,10 +137,10 @@ def validate_rows(df: pd.DataFrame, where: str = "manifest") -> list[dict]:
         raise InputError(f"{where}: unknown column(s) {', '.join(map(str, unknown))}; accepted: {', '.join(COLUMNS)}")
     if len(df) == 0:
         raise InputError(f"{where}: no rows")
-    rows, problems = [], []
+    rows, problems, tasks = [], [], {}
     for i, raw in enumerate(df.to_dict("records")):
         row = {key: _normalise(raw.get(key), key) for key in COLUMNS}
-        problem = _check_row(row)
+        problem = _check_row(row, tasks)
         if problem:
             problems.append(f"row {i} ({row['image_id']!r}): {problem}")
         rows.append(row)
@@ -147,7 +160,7 @@ def read_manifest(uri: str) -> list[dict]:
     data = storage.read_bytes(uri)
     try:
         table = pq.read_table(io.BytesIO(data))
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
+    except Exception as exc:
         raise InputError(f"manifest {uri} is not a readable Parquet file ({type(exc).__name__}: {exc})") from None
     return validate_rows(table.to_pandas(), where=f"manifest {uri}")
 

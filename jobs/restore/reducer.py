@@ -1,46 +1,50 @@
-"""The reducer: one summary and one report from a job's per-row result records.
+"""The reducer: one summary and one report from a job's result parts, in one streaming pass.
 
-It reads ``<out>/results/*.parquet`` (one record per manifest row, ok or failed; schema in
-``jobs/restore/results.py``) and writes, under the same output URI and each atomically through
-``restore_core.storage.atomic_write_bytes``:
+It reads ``<out>/results/`` (parts of records, schema in ``jobs/restore/results.py``) and
+writes, under the same output URI and each atomically through ``storage``:
 
-* ``summary.parquet``: every result record in one file (one row per manifest row);
+* ``summary.parquet``: the counted records, one per row;
 * ``summary.json``: row counts, per (task, method) means of every metric and of the
-  seconds per stage, and the failures with their errors;
+  seconds per stage, failures counted by error with the first ``MAX_FAILURES`` listed
+  (the full list is ``summary.parquet`` filtered on ``status``), and what else the folder
+  holds (records of rows outside the manifest, or made for another version of a row);
 * ``report.html`` plus its assets under ``report/`` (see ``jobs/restore/report.py``).
 
-It runs after every restore job and on its own (``reduce(uri)``) on any finished or
-partial output, so a report exists whatever failed along the way. No Ray here.
+Which records count: with ``rows`` (the job's manifest rows, with their ``row_key``), the
+latest record of each of those rows whose key matches; without, the latest record of every
+id in the folder (``reduce(uri)`` on any output). The work is flat in the rows: the resume
+scan's three columns pick the counted records, then each part is read once, its counted
+rows appended to ``summary.parquet`` and folded into running sums, counters and small
+samples (the report's grid rows, the first failures); no table of every row is held.
+No Ray here.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import heapq
 import io
 import json
 import math
+from collections import Counter, defaultdict
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.restore.results import METRIC_COLUMNS, RESULT_SCHEMA, SECONDS_COLUMNS, read_results
+from jobs.restore.results import (
+    METRIC_COLUMNS,
+    RESULT_SCHEMA,
+    SECONDS_COLUMNS,
+    part_uris,
+    read_part,
+)
 from restore_core import storage
 
 # metrics where lower is better (pyiqa's ``lower_better``); everything else: higher is better
 LOWER_BETTER = {"gmsd", "piqe", "nlpd", "lpips", "niqe", "brisque", "dists", "consistency", "mse"}
-
-
-def metric_columns(df: pd.DataFrame) -> list[str]:
-    """Quality-metric columns that some row filled: the schema's ``METRIC_COLUMNS`` in
-    report order, then any extra float column a record carried (a newer pyiqa metric)."""
-    extra = [c for c in df.columns if c not in RESULT_SCHEMA.names and pd.api.types.is_numeric_dtype(df[c])]
-    return [c for c in (*METRIC_COLUMNS, *extra) if c in df.columns and df[c].notna().any()]
-
-
-def stage_columns(df: pd.DataFrame) -> list[str]:
-    """``seconds_<stage>`` columns some row filled, in pipeline order, ``seconds_total`` last."""
-    return [c for c in SECONDS_COLUMNS if c in df.columns and df[c].notna().any()]
+MAX_FAILURES = 100  # failures listed in summary.json and the report; all are in summary.parquet
+FAILURE_KEYS = ("image_id", "task", "method", "input_uri", "error")
 
 
 def _finite_or_none(value) -> float | None:
@@ -48,50 +52,168 @@ def _finite_or_none(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def summarise(df: pd.DataFrame) -> dict:
-    """The ``summary.json`` content of a results table (see the module docstring)."""
-    metrics, seconds = metric_columns(df), stage_columns(df)
-    ok = df["status"] == "ok" if len(df) else pd.Series([], dtype=bool)
+def _unified_schema(uris: list[str]) -> pa.Schema:
+    """RESULT_SCHEMA plus every extra (float metric) column some part carries."""
+    fields = list(RESULT_SCHEMA)
+    seen = set(RESULT_SCHEMA.names)
+    for uri in uris:
+        for field in pq.read_schema(io.BytesIO(storage.read_bytes(uri))):
+            if field.name not in seen and pa.types.is_floating(field.type):
+                fields.append(field)
+                seen.add(field.name)
+    return pa.schema(fields)
+
+
+class _Fold:
+    """Running sums per (task, method), failure counters and the small samples."""
+
+    def __init__(self, columns: list[str], per_group: int):
+        self.columns, self.per_group = columns, per_group
+        self.groups: dict = defaultdict(lambda: {"rows": 0, "ok": 0, "sum": Counter(), "n": Counter()})
+        self.errors: Counter = Counter()
+        self.first_failures: list = []  # max-heap (negated order) of the MAX_FAILURES smallest ids
+        self.samples: dict = defaultdict(list)  # (task, method) -> max-heap of per_group smallest ids
+        self.rows = self.ok = 0
+        self.filled: set[str] = set()
+        self.worker_seconds = 0.0
+
+    def add(self, df: pd.DataFrame) -> None:
+        ok = df["status"] == "ok"
+        self.rows += len(df)
+        self.ok += int(ok.sum())
+        self.worker_seconds += float(df["seconds_total"].fillna(0).sum())
+        self.filled |= {c for c in self.columns if df[c].notna().any()}
+        for (task, method), g in df.groupby(["task", "method"], sort=False):
+            acc = self.groups[(task, method)]
+            g_ok = g[g["status"] == "ok"]
+            acc["rows"] += len(g)
+            acc["ok"] += len(g_ok)
+            for c in self.columns:
+                values = g_ok[c].dropna()
+                acc["sum"][c] += float(values.sum())
+                acc["n"][c] += len(values)
+            for r in g_ok.sort_values("image_id").head(self.per_group).to_dict("records"):
+                _push(self.samples[(task, method)], r["image_id"], r, self.per_group)
+        failed = df[~ok]
+        self.errors.update(failed["error"].fillna("").tolist())
+        for r in failed.sort_values("image_id").head(MAX_FAILURES)[list(FAILURE_KEYS)].to_dict("records"):
+            _push(self.first_failures, r["image_id"], {k: r.get(k) or "" for k in FAILURE_KEYS}, MAX_FAILURES)
+
+    def sample_frame(self) -> pd.DataFrame:
+        rows = [r for heap in self.samples.values() for _, _, r in heap]
+        return pd.DataFrame(rows) if rows else RESULT_SCHEMA.empty_table().to_pandas()
+
+
+def _push(heap: list, key: str, item, cap: int) -> None:
+    """Keep the ``cap`` items with the smallest keys (heap of negated keys)."""
+    entry = (_Neg(key), id(item), item)
+    if len(heap) < cap:
+        heapq.heappush(heap, entry)
+    elif key < heap[0][0].key:
+        heapq.heapreplace(heap, entry)
+
+
+class _Neg:
+    """Reverses string order so ``heapq`` (a min-heap) keeps the largest of the smallest on top."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __lt__(self, other: _Neg) -> bool:
+        return self.key > other.key
+
+    def __eq__(self, other) -> bool:
+        return self.key == other.key
+
+
+def _counted(output_uri: str, uris: list[str], rows: list[dict] | None) -> tuple[dict, dict]:
+    """(part index -> set of row positions counted, facts about what else the folder holds)."""
+    frames = []
+    for i, uri in enumerate(uris):
+        t = read_part(uri, ("image_id", "row_key")).to_pandas()
+        if "row_key" not in t.columns:
+            t["row_key"] = None
+        t["part"], t["pos"] = i, range(len(t))
+        frames.append(t)
+    scan = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["image_id", "row_key", "part", "pos"])
+    latest = scan.drop_duplicates("image_id", keep="last")
+    other = {"records_outside_manifest": 0, "records_of_other_row_versions": 0}
+    if rows is not None:
+        keys = pd.Series({r["image_id"]: r.get("row_key") for r in rows}, dtype=object)
+        in_manifest = latest["image_id"].isin(keys.index)
+        other["records_outside_manifest"] = int((~in_manifest).sum())
+        latest = latest[in_manifest]
+        wanted = keys.reindex(latest["image_id"]).to_numpy()
+        current = (wanted == None) | (latest["row_key"].to_numpy() == wanted)
+        other["records_of_other_row_versions"] = int((~current).sum())
+        latest = latest[current]
+    picked: dict[int, set] = defaultdict(set)
+    for part, pos in zip(latest["part"], latest["pos"]):
+        picked[int(part)].add(int(pos))
+    return picked, other
+
+
+def summarise(fold: _Fold, manifest_rows: int | None, other: dict) -> dict:
+    """The ``summary.json`` content from the folded records (see the module docstring)."""
+    metric_order = [*METRIC_COLUMNS, *[c for c in fold.columns if c not in METRIC_COLUMNS and c not in
+                                       SECONDS_COLUMNS]]
+    metrics = [c for c in metric_order if c in fold.filled]
+    seconds = [c for c in SECONDS_COLUMNS if c in fold.filled]
     groups = []
-    for (task, method), g in df.groupby(["task", "method"], sort=True):
-        g_ok = g[g["status"] == "ok"]
-        groups.append({
-            "task": task, "method": method, "rows": int(len(g)), "ok": int(len(g_ok)),
-            "failed": int(len(g) - len(g_ok)),
-            # means over the rows that finished; a metric missing on every row stays null
-            "metrics": {m: _finite_or_none(g_ok[m].mean()) if g_ok[m].notna().any() else None for m in metrics},
-            "seconds": {s: _finite_or_none(g_ok[s].mean()) if g_ok[s].notna().any() else None for s in seconds},
-        })
-    failures = [
-        {"image_id": r.image_id, "task": r.task, "method": r.method, "input_uri": r.input_uri,
-         "error": r.error or ""}
-        for r in df[~ok].sort_values("image_id").itertuples()
-    ]
+    for (task, method) in sorted(fold.groups):
+        acc = fold.groups[(task, method)]
+
+        def mean(c, acc=acc):
+            return _finite_or_none(acc["sum"][c] / acc["n"][c]) if acc["n"][c] else None
+
+        groups.append({"task": task, "method": method, "rows": acc["rows"], "ok": acc["ok"],
+                       "failed": acc["rows"] - acc["ok"], "metrics": {m: mean(m) for m in metrics},
+                       "seconds": {s: mean(s) for s in seconds}})
+    failed = fold.rows - fold.ok
+    rows = fold.rows if manifest_rows is None else manifest_rows
     return {
-        "rows": int(len(df)), "ok": int(ok.sum()), "failed": int((~ok).sum()),
-        "metrics": metrics, "lower_better": sorted(set(metrics) & LOWER_BETTER),
-        "seconds": seconds, "groups": groups, "failures": failures,
-        "worker_seconds": _finite_or_none(df["seconds_total"].sum()) if "seconds_total" in df and len(df) else 0.0,
+        "rows": rows, "ok": fold.ok, "failed": failed, "missing": rows - fold.rows,
+        "metrics": metrics, "lower_better": sorted(set(metrics) & LOWER_BETTER), "seconds": seconds,
+        "groups": groups,
+        "failures": [item for _, _, item in sorted(fold.first_failures, key=lambda e: e[0].key)],
+        "failures_listed": min(failed, MAX_FAILURES),
+        "failures_by_error": [{"error": e, "rows": n} for e, n in fold.errors.most_common(MAX_FAILURES)],
+        "worker_seconds": _finite_or_none(fold.worker_seconds), **other,
         "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def reduce(output_uri: str, per_group: int = 4) -> dict:
+def reduce(output_uri: str, rows: list[dict] | None = None, per_group: int = 4) -> dict:
     """Write ``summary.parquet``, ``summary.json`` and ``report.html`` under ``output_uri``
-    from its ``results/`` records; returns the summary dict (with ``report_uri`` added).
+    from its result parts (only ``rows``' current records when given); returns the summary
+    dict (with ``report_uri`` added). ``per_group``: rows per (task, method) in the grid."""
+    from jobs.restore.report import (
+        write_report,  # matplotlib is imported only when reporting
+    )
 
-    ``per_group``: rows per (task, method) shown in the report's image grid.
-    """
-    from jobs.restore.report import write_report  # matplotlib is imported only when reporting
-
-    df = read_results(output_uri)
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    uris = part_uris(output_uri)
+    picked, other = _counted(output_uri, uris, rows)
+    schema = _unified_schema(uris)
+    summed = set(METRIC_COLUMNS) | set(SECONDS_COLUMNS)  # plus extra metric columns, not row parameters
+    fold = _Fold([f.name for f in schema if pa.types.is_floating(f.type)
+                  and (f.name in summed or f.name not in RESULT_SCHEMA.names)], per_group)
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    with pq.ParquetWriter(buf, schema) as writer:
+        for i, uri in enumerate(uris):
+            if not picked.get(i):
+                continue
+            table = read_part(uri)
+            table = table.take(sorted(picked[i]))
+            table = pa.concat_tables([schema.empty_table(), table], promote_options="permissive").select(schema.names)
+            writer.write_table(table.cast(schema))
+            fold.add(table.to_pandas())
     storage.atomic_write_bytes(storage.join(output_uri, "summary.parquet"), buf.getvalue())
-    summary = summarise(df)
+    summary = summarise(fold, None if rows is None else len(rows), other)
     summary["output_uri"] = output_uri
-    summary["report_uri"] = write_report(output_uri, df, summary, per_group=per_group)
+    summary["report_uri"] = write_report(output_uri, fold.sample_frame(), summary, per_group=per_group)
     storage.atomic_write_bytes(storage.join(output_uri, "summary.json"),
                                json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary

@@ -9,7 +9,8 @@ The page has, top to bottom:
    per method per task, and the seconds per stage as stacked bars per task/method;
 4. an image grid for a sample of rows: observed y / restored / ground truth / the nearest
    neighbours the adapter was trained on;
-5. the failures, each with its one-line error.
+5. the failures: counted by error, then the first ``reducer.MAX_FAILURES`` rows (by id)
+   with their one-line error; the full list is ``summary.parquet``.
 
 Every link and ``<img src>`` is relative to the output URI (``restored/…``, ``observed/…``,
 ``gt/…``, ``report/…``), so the page works on a local disk, after ``aws s3 sync`` or served
@@ -198,12 +199,29 @@ def _grid(output_uri: str, rows: pd.DataFrame, metric: str | None) -> str:
 def _failures(summary: dict) -> str:
     if not summary["failures"]:
         return "<p class=ok>No failed rows.</p>"
+    counts = ["<tr><th>rows</th><th class=l>error</th></tr>"]
+    counts += [f"<tr><td>{c['rows']}</td><td class=err>{_e(c['error'])}</td></tr>"
+               for c in summary.get("failures_by_error", [])]
+    shown = (f"<p class=meta>The first {len(summary['failures'])} of {summary['failed']} failed rows by id; "
+             "all of them are in <a href=\"summary.parquet\">summary.parquet</a> (status = failed).</p>")
     rows = ["<tr><th class=l>image_id</th><th class=l>task</th><th class=l>method</th>"
             "<th class=l>input</th><th class=l>error</th></tr>"]
     rows += [f"<tr><td class=l>{_e(f['image_id'])}</td><td class=l>{_e(f['task'])}</td>"
              f"<td class=l>{_e(f['method'])}</td><td class=l>{_e(f['input_uri'])}</td>"
              f"<td class=err>{_e(f['error'])}</td></tr>" for f in summary["failures"]]
-    return "<table>" + "\n".join(rows) + "</table>"
+    return ("<h3>By error</h3><table>" + "\n".join(counts) + "</table>" + shown
+            + "<table>" + "\n".join(rows) + "</table>")
+
+
+def _elsewhere(summary: dict) -> str:
+    """What the folder holds besides the counted rows (records of other manifests or of
+    an earlier version of a row, rows without a record yet)."""
+    parts = [f"{summary.get('missing', 0)} without a record"] if summary.get("missing") else []
+    if summary.get("records_outside_manifest"):
+        parts.append(f"{summary['records_outside_manifest']} records of rows not in this manifest")
+    if summary.get("records_of_other_row_versions"):
+        parts.append(f"{summary['records_of_other_row_versions']} records of an earlier version of a row")
+    return (" · " + _e("; ".join(parts))) if parts else ""
 
 
 def write_report(output_uri: str, df: pd.DataFrame, summary: dict, per_group: int = 4) -> str:
@@ -217,7 +235,7 @@ def write_report(output_uri: str, df: pd.DataFrame, summary: dict, per_group: in
 <html lang="en"><head><meta charset="utf-8"><title>ADIR report — {_e(output_uri)}</title>
 <style>{_CSS}</style></head><body>
 <h1>ADIR restoration report</h1>
-<p class=meta>{summary['rows']} rows: {status} · outputs in <code>{_e(output_uri)}</code> ·
+<p class=meta>{summary['rows']} rows: {status}{_elsewhere(summary)} · outputs in <code>{_e(output_uri)}</code> ·
 generated {_e(summary['generated_at'])} · worker time {_fmt_seconds(summary['worker_seconds'])} s ·
 data: <a href="summary.json">summary.json</a>, <a href="summary.parquet">summary.parquet</a></p>
 <h2>Mean metrics and seconds per task and method</h2>

@@ -1,24 +1,35 @@
-"""Per-row result records of a restore job: one Parquet file per manifest row.
+"""Result records of a restore job, committed in batched Parquet parts.
 
-A record lives at ``<output>/results/<image_id>.parquet`` and holds one row with the
-columns of ``RESULT_SCHEMA`` (see /work/INTERFACES.md): the row's parameters, ``status``
-("ok" | "failed") and its one-line ``error``, the relative paths of the written images,
-the retrieved neighbours, the quality metrics (named as pyiqa names them, plus
-``consistency``; missing ones are null), seconds per stage, and who finished it when.
+A record is one row of ``RESULT_SCHEMA``: the row's parameters and its ``row_key``
+(``jobs.restore.run_state.row_key``), ``status`` ("ok" | "failed") and its one-line
+``error``, the relative paths of the written images, the retrieved neighbours, the quality
+metrics (named as pyiqa names them, plus ``consistency``; missing ones are null), seconds
+per stage, and who finished it when.
 
-Why one file per row: the record is the commit point of a row. It is written
-atomically (``storage.atomic_write_bytes``) *after* the row's images, so a record implies
-complete images, a resumed job skips exactly the rows that have one, and a row that is
-processed twice (a task retried after its worker died) overwrites the same object
-instead of appearing twice.
+Records live in part files ``<output>/results/<ns>-<tag>.parquet``, each written
+atomically (``storage.atomic_write_bytes``) by the driver's ``PartWriter`` from the
+records its workers return, every ``flush_rows`` records or ``flush_s`` seconds. A worker
+writes a row's images *before* returning its record, so a committed record implies
+complete images; a row whose record was not committed yet (the driver died) is redone on
+resume, rewriting the same images. ``<ns>`` (nanoseconds at commit) orders the parts: when
+a row has several records (a retried row, ``--overwrite``), the last committed one counts.
+Parts of a previous layout (one ``<image_id>.parquet`` per row) read as the oldest parts.
 
-Owns the schema and the record I/O; imports only pyarrow/pandas and ``restore_core.storage``.
+Why parts and not one file per row: every read of the bookkeeping (the resume scan, the
+reducer) costs one object per file, so files per row made each invocation grow with the
+rows ever done. ``compact`` merges the small parts into one once there are
+``COMPACT_AT`` of them, so the file count stays about rows / ``COMPACT_ROWS`` + COMPACT_AT.
+
+Owns the schema and the record I/O; imports only pyarrow/pandas and ``restore_core``.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -34,10 +45,14 @@ STATUSES = ("ok", "failed")
 METRIC_COLUMNS: tuple[str, ...] = DEFAULT_FR + DEFAULT_NR + tuple(WEIGHT_FILES) + ("consistency",)
 SECONDS_COLUMNS: tuple[str, ...] = tuple(
     f"seconds_{s}" for s in ("load", "retrieve", "adapt", "sample", "score", "write", "total"))
+SCAN_COLUMNS = ("image_id", "status", "row_key")
+COMPACT_AT = 32  # small parts that trigger a compaction
+COMPACT_ROWS = 50_000  # parts with fewer rows than this are "small"
 
 RESULT_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
+        ("row_key", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("method", pa.string()),
@@ -64,10 +79,7 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 _REQUIRED = ("image_id", "status")
-
-
-def record_uri(output_uri: str, image_id: str) -> str:
-    return storage.join(output_uri, RESULTS_DIR, f"{image_id}.parquet")
+_PART = re.compile(r"^(\d{20})-[0-9a-z]+\.parquet$")
 
 
 def _clean(value):
@@ -77,77 +89,121 @@ def _clean(value):
     return value
 
 
-def to_table(record: dict) -> pa.Table:
-    """One record as a one-row table of ``RESULT_SCHEMA``; missing columns are null.
-
-    Unknown keys are refused (``ValueError``), except numeric ones, which are kept as
-    extra float metric columns (a pyiqa metric this schema does not list yet).
-    """
+def _check(record: dict) -> None:
     for key in _REQUIRED:
         if not record.get(key):
             raise ValueError(f"result record needs {key!r}")
     if record["status"] not in STATUSES:
         raise ValueError(f"result status must be one of {STATUSES}, got {record['status']!r}")
+
+
+def to_table(records: list[dict]) -> pa.Table:
+    """Records as a table of ``RESULT_SCHEMA``; missing columns are null.
+
+    Unknown keys are refused (``ValueError``), except numeric ones, which are kept as
+    extra float metric columns (a pyiqa metric this schema does not list yet).
+    """
     fields = list(RESULT_SCHEMA)
-    extra = sorted(set(record) - set(RESULT_SCHEMA.names))
-    for key in extra:
-        value = record[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"unknown result column {key!r} with non-numeric value {value!r}")
-        fields.append(pa.field(key, pa.float64()))
+    extra: set[str] = set()
+    for record in records:
+        _check(record)
+        for key in set(record) - set(RESULT_SCHEMA.names):
+            value = record[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"unknown result column {key!r} with non-numeric value {value!r}")
+            extra.add(key)
+    fields += [pa.field(key, pa.float64()) for key in sorted(extra)]
     schema = pa.schema(fields)
     columns = {}
     for field in schema:
-        value = _clean(record.get(field.name))
+        values = [_clean(r.get(field.name)) for r in records]
         if field.name in ("neighbour_ids", "neighbour_uris"):
-            value = [str(v) for v in (value or [])]
-        elif value is not None and pa.types.is_floating(field.type):
-            value = float(value)
-        elif value is not None and pa.types.is_integer(field.type):
-            value = int(value)
-        columns[field.name] = [value]
+            values = [[str(v) for v in (value or [])] for value in values]
+        elif pa.types.is_floating(field.type):
+            values = [None if v is None else float(v) for v in values]
+        elif pa.types.is_integer(field.type):
+            values = [None if v is None else int(v) for v in values]
+        columns[field.name] = values
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def write_result(output_uri: str, record: dict) -> str:
-    """Write ``record`` atomically to ``results/<image_id>.parquet``; returns its URI.
-
-    Call it only after the row's images are written: the record is the row's commit.
-    """
+def _parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(to_table(record), buf)
-    uri = record_uri(output_uri, record["image_id"])
-    storage.atomic_write_bytes(uri, buf.getvalue())
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def _part_uri(output_uri: str, ns: int | None = None) -> str:
+    return storage.join(output_uri, RESULTS_DIR, f"{ns or time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")
+
+
+def write_part(output_uri: str, records: list[dict]) -> str:
+    """Commit ``records`` as one part (atomically); returns its URI. Write the rows'
+    images first: a committed record is the row's commit."""
+    uri = _part_uri(output_uri)
+    storage.atomic_write_bytes(uri, _parquet_bytes(to_table(records)))
     return uri
 
 
-def _record_uris(output_uri: str) -> list[str]:
-    """Record URIs under ``output_uri``, listed fresh: s3fs/gcsfs cache directory listings
-    per process, and records appear while a job runs (written by other processes)."""
-    folder = storage.join(output_uri, RESULTS_DIR)
-    fs, path = storage.filesystem(folder)
-    fs.invalidate_cache(path)
-    return storage.listdir(folder, suffix=".parquet")
+def write_result(output_uri: str, record: dict) -> str:
+    """Commit one record (a part of one row)."""
+    return write_part(output_uri, [record])
 
 
-def _read_one(uri: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+def _order(uri: str) -> tuple[int, str]:
+    name = uri.rsplit("/", 1)[-1]
+    match = _PART.match(name)
+    return (int(match.group(1)) if match else 0, name)
 
 
-def read_results(output_uri: str) -> pd.DataFrame:
-    """Every record under ``output_uri`` as one DataFrame sorted by ``image_id``.
+def part_uris(output_uri: str) -> list[str]:
+    """Part URIs under ``output_uri``, oldest first, listed fresh (object-store listings
+    are cached per process and parts appear while a job runs)."""
+    return sorted(storage.listdir(storage.join(output_uri, RESULTS_DIR), suffix=".parquet"), key=_order)
 
-    Always has the ``RESULT_SCHEMA`` columns (empty when there are no records), plus any
-    extra metric columns some record carries (null where another record lacks them).
-    """
-    uris = _record_uris(output_uri)
-    if not uris:
-        return RESULT_SCHEMA.empty_table().to_pandas()
+
+def read_part(uri: str, columns=None) -> pa.Table:
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    if columns is not None:
+        table = table.select([c for c in columns if c in table.column_names])
+    return table
+
+
+def _read_all(uris: list[str], output_uri: str, columns=None) -> list[pa.Table]:
     workers = 1 if storage.is_local(output_uri) else 16  # object stores: overlap round trips
     with ThreadPoolExecutor(workers) as pool:
-        tables = list(pool.map(_read_one, uris))
-    table = pa.concat_tables(tables, promote_options="default")
-    df = table.to_pandas()
+        return list(pool.map(lambda u: read_part(u, columns), uris))
+
+
+def latest_table(tables: list[pa.Table]) -> pa.Table:
+    """``tables`` (oldest first) as one table holding the last record of each image_id."""
+    if not tables:
+        return RESULT_SCHEMA.empty_table()
+    table = pa.concat_tables(tables, promote_options="permissive")
+    keep = ~table.column("image_id").to_pandas().duplicated(keep="last").to_numpy()
+    return table.filter(pa.array(keep))
+
+
+def _latest(tables: list[pa.Table]) -> pd.DataFrame:
+    return latest_table(tables).to_pandas()
+
+
+def scan(output_uri: str) -> pd.DataFrame:
+    """The latest ``image_id, status, row_key`` of every row with a record (the resume
+    scan: three columns of each part, so it stays cheap when rows grow)."""
+    df = _latest(_read_all(part_uris(output_uri), output_uri, SCAN_COLUMNS))
+    if "row_key" not in df.columns:  # every part is of the previous layout
+        df["row_key"] = None
+    return df[list(SCAN_COLUMNS)].reset_index(drop=True)
+
+
+def read_results(output_uri: str, ids=None) -> pd.DataFrame:
+    """The latest record of every row (only ``ids`` when given) as one DataFrame sorted by
+    ``image_id``; always has the ``RESULT_SCHEMA`` columns, plus any extra metric columns
+    some record carries (null where another record lacks them)."""
+    df = _latest(_read_all(part_uris(output_uri), output_uri))
+    if ids is not None:
+        df = df[df["image_id"].isin(set(ids))]
     for name in RESULT_SCHEMA.names:  # records written by an older schema
         if name not in df.columns:
             df[name] = None
@@ -155,13 +211,62 @@ def read_results(output_uri: str) -> pd.DataFrame:
 
 
 def completed_ids(output_uri: str, status: str | None = None) -> set[str]:
-    """Ids that have a result record (only those with ``status`` when given).
+    """Ids whose latest record exists (and has ``status`` when given)."""
+    df = scan(output_uri)
+    return set(df["image_id"] if status is None else df.loc[df["status"] == status, "image_id"])
 
-    Without ``status`` this lists file names only (cheap on object stores).
-    """
-    uris = _record_uris(output_uri)
-    ids = {uri.rsplit("/", 1)[-1][: -len(".parquet")] for uri in uris}
-    if status is None or not ids:
-        return ids
-    df = read_results(output_uri)
-    return set(df.loc[df["status"] == status, "image_id"])
+
+def compact(output_uri: str, at: int = COMPACT_AT, small_rows: int = COMPACT_ROWS) -> int:
+    """Merge the small parts into one when there are ``at`` of them (the merged part
+    keeps the position of the newest input, so "last record wins" still holds); returns
+    the number of parts merged. The merged part is committed before its inputs are
+    deleted, so a crash in between leaves duplicates, which readers resolve."""
+    uris = part_uris(output_uri)
+    sizes = {u: pq.ParquetFile(io.BytesIO(storage.read_bytes(u))).metadata.num_rows for u in uris}
+    small = [u for u in uris if sizes[u] < small_rows]
+    if len(small) < at:
+        return 0
+    merged = latest_table(_read_all(small, output_uri))
+    storage.atomic_write_bytes(_part_uri(output_uri, _order(small[-1])[0]), _parquet_bytes(merged))
+    fs, _ = storage.filesystem(output_uri)
+    for uri in small:
+        fs.rm(storage.filesystem(uri)[1])
+    return len(small)
+
+
+class PartWriter:
+    """The driver's buffer of returned records: ``add`` commits the first record at once,
+    then a part every ``flush_rows`` records or ``flush_s`` seconds; a failed commit keeps
+    the records for the next one; ``close`` commits what is left and returns the ids it
+    could not."""
+
+    def __init__(self, output_uri: str, flush_rows: int = 512, flush_s: float = 10.0):
+        self.output_uri, self.flush_rows, self.flush_s = output_uri, flush_rows, flush_s
+        self.buffer: list[dict] = []
+        self.last = -math.inf
+        self.parts = 0
+
+    def add(self, record: dict) -> None:
+        self.buffer.append(record)
+        if len(self.buffer) >= self.flush_rows or time.monotonic() - self.last >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> bool:
+        self.last = time.monotonic()
+        if not self.buffer:
+            return True
+        try:
+            write_part(self.output_uri, self.buffer)
+        except Exception:
+            return False
+        self.buffer, self.parts = [], self.parts + 1
+        if self.parts % COMPACT_AT == 0:
+            try:
+                compact(self.output_uri)
+            except Exception:
+                pass
+        return True
+
+    def close(self) -> list[str]:
+        """Commit the rest; the image ids whose records could not be committed."""
+        return [] if self.flush() else [r["image_id"] for r in self.buffer]

@@ -19,12 +19,16 @@ stage is a public function, so a bench can run a subset of them on its own data:
 3. **restore** (``restore``) — ``restore_core.restore.restore_one`` (adapt a fresh LoRA,
    sample; the adapter is dropped inside the method, so the base weights are the same for
    every row).
-4. **score** (``score``) — ``restore_core.metrics`` (full-reference ones only with a GT)
-   and the data consistency ‖A x̂ − y‖/√m. A metric that cannot be computed is null.
-5. **write** (``write``) — restored/, observed/ and gt/ PNGs, each atomically.
+4. **write** (``write``) — restored/, observed/ and gt/ PNGs, each atomically, fanned out
+   by a two-hex-digit digest of the id (``restored/3f/<id>.png``: 256 folders, so no folder
+   holds a million files). Written before scoring, so a scoring failure keeps the image.
+5. **score** (``score``) — ``restore_core.metrics`` (full-reference ones only with a GT)
+   and the data consistency ‖A x̂ − y‖/√m. A metric that cannot be computed is null; a
+   metric that cannot run at all (its weights are gone) fails the row, naming the metric,
+   with its restored image kept and named in the record.
 
-The caller commits the returned record (``RowRestorer.run`` writes it after the images):
-the record is the row's commit. Failures are data: an ``AdirError`` becomes
+The caller commits the returned record after the images are written (the driver in
+batched parts, ``commit_row`` one by one): the record is the row's commit. Failures are data: an ``AdirError`` becomes
 ``status=failed`` with its one-line message, any other exception ``"ExceptionType:
 message"``. ``RowRestorer`` is the Ray actor body (heavy state in ``__init__``, one row per
 call), the same shape as ``index_builder.shard_build.ShardEmbedder``. No Ray import here.
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import logging
 import math
 import os
@@ -43,6 +48,7 @@ from typing import Any
 
 import torch
 
+from jobs.restore import sd_rows
 from jobs.restore.job_config import JobConfig
 from jobs.restore.manifest import row_task
 from jobs.restore.results import write_result
@@ -56,9 +62,13 @@ from restore_core.restore import restore_one
 log = logging.getLogger(__name__)
 
 #: The manifest columns every result record starts with (``base_record``).
-RECORD_ROW_KEYS = ("image_id", "method", "task", "noise_sigma", "seed", "degrade", "input_uri", "gt_uri")
+RECORD_ROW_KEYS = ("image_id", "row_key", "method", "task", "noise_sigma", "seed", "degrade", "input_uri", "gt_uri")
 #: Output folder and record column of each written image.
 IMAGE_FOLDERS = {"output_path": "restored", "observed_path": "observed", "gt_path": "gt"}
+
+
+class MetricFailed(AdirError):
+    """A metric could not run at all; the row's restored image is kept."""
 
 
 @dataclass
@@ -69,6 +79,7 @@ class WorkerContext:
     model: DiffusionModel
     retriever: Any | None
     seconds_load: float
+    sd_models: dict = dataclasses.field(default_factory=dict)  # SD pipelines by (kind, spec): sd_rows
 
 
 @dataclass
@@ -120,7 +131,7 @@ def row_config(row: dict, job: JobConfig):
     """The job's RestoreConfig with the row's method and its k/steps overrides."""
     changes = {"method": row["method"]}
     changes.update({key: row[key] for key in ("k", "steps") if row.get(key) is not None})
-    return dataclasses.replace(job.restore, **changes)
+    return sd_rows.with_prompt(dataclasses.replace(job.restore, **changes), row)
 
 
 # ---- the five stages -------------------------------------------------------------------
@@ -132,7 +143,8 @@ def load(row: dict, model: DiffusionModel, max_pixels: int) -> Measurement:
     x_in = images.read_image(row["input_uri"], max_pixels=max_pixels)
     if row["degrade"]:
         gt = images.center_crop_to_multiple(x_in, multiple)
-        operator = build_operator(task, (model.in_channels,) + tuple(gt.shape[-2:]))
+        operator = build_operator(task, (model.in_channels,) + tuple(gt.shape[-2:]),
+                                  **sd_rows.operator_params(row, task, x_in, multiple, max_pixels))
         generator = torch.Generator().manual_seed(int(row["seed"]))
         with torch.no_grad():
             y = operator.degrade(gt, row["noise_sigma"], generator)
@@ -141,7 +153,7 @@ def load(row: dict, model: DiffusionModel, max_pixels: int) -> Measurement:
     if task.name == "colorize":
         y = y.mean(dim=1, keepdim=True)
     shape = (model.in_channels, y.shape[-2] * s, y.shape[-1] * s)
-    operator = build_operator(task, shape)
+    operator = build_operator(task, shape, **sd_rows.operator_params(row, task, x_in, multiple // s, max_pixels))
     gt = None
     if row["gt_uri"]:
         gt = images.center_crop_to_multiple(images.read_image(row["gt_uri"], max_pixels=max_pixels), multiple)
@@ -158,17 +170,18 @@ def retrieve(y: torch.Tensor, cfg, ctx: WorkerContext, seed: int) -> tuple[torch
         return None, []
     if ctx.retriever is None:
         raise MethodError(f"method {cfg.method!r} needs retrieved neighbours; set the job's index")
-    found = ctx.retriever.neighbours(y, cfg.k, mode=cfg.retrieval, seed=seed)
+    found = sd_rows.text_neighbours(ctx.retriever, cfg) or ctx.retriever.neighbours(y, cfg.k, mode=cfg.retrieval,
+                                                                                     seed=seed)
     return ctx.retriever.fetch(found).to(ctx.model.device), found
 
 
 def restore(m: Measurement, cfg, ctx: WorkerContext, neighbours: torch.Tensor | None, seed: int):
     """Stage 3: (x̂, info) of ``restore_core.restore.restore_one``."""
-    return restore_one(m.y, m.operator, ctx.model, cfg, neighbours=neighbours, seed=seed)
+    return restore_one(m.y, m.operator, sd_rows.row_model(ctx, cfg), cfg, neighbours=neighbours, seed=seed)
 
 
 def score(x: torch.Tensor, m: Measurement, cfg, device: str) -> dict:
-    """Stage 4: metrics of one restored image; one that fails to compute is null (logged)."""
+    """Stage 5: metrics of one restored image; one that fails to compute is null (logged)."""
     out: dict[str, float | None] = {}
     names = tuple(cfg.metrics) or metrics.DEFAULT_FR + metrics.DEFAULT_NR
     for name in names:
@@ -177,26 +190,26 @@ def score(x: torch.Tensor, m: Measurement, cfg, device: str) -> dict:
         try:
             out.update(metrics.compute_metrics(x, m.gt, names=(name,), weights_dir=cfg.metrics_weights_dir,
                                                device=device))
-        except AdirError:
-            raise  # a missing weights file is a configuration problem, not a bad value
-        except Exception as exc:  # noqa: BLE001 - pyiqa fails on degenerate images in many ways
+        except AdirError as exc:  # a missing weights file: the metric cannot run at all
+            raise MetricFailed(f"scoring failed at metric {name!r}: {one_line(exc)}") from None
+        except Exception as exc:
             log.warning("metric %s failed: %s", name, one_line(exc))
             out[name] = None
     try:
         out["consistency"] = metrics.consistency(x.to(m.y.device), m.y, m.operator)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.warning("consistency failed: %s", one_line(exc))
         out["consistency"] = None
     return out
 
 
 def image_path(folder: str, image_id: str) -> str:
-    """Relative path of one of a row's images under the output folder."""
-    return f"{folder}/{image_id}.png"
+    """Relative path of one of a row's images under the output folder (module docstring)."""
+    return f"{folder}/{hashlib.sha1(image_id.encode()).hexdigest()[:2]}/{image_id}.png"
 
 
 def write(output_uri: str, image_id: str, x: torch.Tensor, m: Measurement) -> dict[str, str]:
-    """Stage 5: the restored, observed and GT images as PNGs; returns their record columns."""
+    """Stage 4: the restored, observed and GT images as PNGs; returns their record columns."""
     paths = {}
     for column, image in (("output_path", x), ("observed_path", m.y), ("gt_path", m.gt)):
         if image is None:
@@ -212,7 +225,8 @@ def _run_stages(row: dict, ctx: WorkerContext, output_uri: str | None, record: d
     cfg = row_config(row, ctx.job)
     seed = int(row["seed"])
     t0 = time.perf_counter()
-    m = load(row, ctx.model, cfg.max_pixels)
+    sd_rows.check_row(row, cfg)
+    m = load(row, sd_rows.row_model(ctx, cfg), cfg.max_pixels)
     m = Measurement(m.y.to(ctx.model.device), m.operator.to(ctx.model.device), m.gt)
     record["seconds_load"] = time.perf_counter() - t0
 
@@ -231,13 +245,13 @@ def _run_stages(row: dict, ctx: WorkerContext, output_uri: str | None, record: d
         log.warning("%s: %s", row["image_id"], warning)
 
     t0 = time.perf_counter()
-    record.update(score(x, m, cfg, str(ctx.model.device)))
-    record["seconds_score"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     if output_uri is not None:
         record.update(write(output_uri, row["image_id"], x, m))
     record["seconds_write"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    record.update(score(x, m, cfg, str(ctx.model.device)))
+    record["seconds_score"] = time.perf_counter() - t0
 
 
 def restore_row(row: dict, ctx: WorkerContext, output_uri: str | None = None) -> dict:
@@ -250,7 +264,9 @@ def restore_row(row: dict, ctx: WorkerContext, output_uri: str | None = None) ->
     record = base_record(row) | {"status": "ok", "error": None, "neighbour_ids": [], "neighbour_uris": []}
     try:
         _run_stages(row, ctx, output_uri, record)
-    except Exception as exc:  # noqa: BLE001 - failures are data
+    except MetricFailed as exc:  # restored and written: keep what was done, say what failed
+        record.update(status="failed", error=str(exc), stop_reason="error")
+    except Exception as exc:
         record = failed_record(row, one_line(exc))
         if not isinstance(exc, AdirError):
             log.warning("row %s crashed", row["image_id"], exc_info=True)
@@ -261,13 +277,14 @@ def restore_row(row: dict, ctx: WorkerContext, output_uri: str | None = None) ->
 
 
 def commit_row(row: dict, ctx: WorkerContext, output_uri: str) -> dict:
-    """``restore_row`` then its record written (the commit); the returned dict also says
-    ``record_written`` (False when storage refused the record: a rerun redoes the row)."""
+    """``restore_row`` then its record committed alone (in-process use: benches, notebooks);
+    the returned dict also says ``record_written`` (False when storage refused the record:
+    a rerun redoes the row)."""
     record = restore_row(row, ctx, output_uri)
     try:
         write_result(output_uri, record)
         written = True
-    except Exception as exc:  # noqa: BLE001 - storage down: the row is counted failed, redone on resume
+    except Exception as exc:
         record.update(status="failed", error=f"could not write the result record: {one_line(exc)}")
         written = False
     return {**record, "record_written": written}
@@ -288,11 +305,12 @@ class RowRestorer:
         self.output_uri, self.ctx, self.error = output_uri, None, None
         try:
             self.ctx = load_context(job)
-        except Exception as exc:  # noqa: BLE001 - reported by ready(), not a restart loop
+        except Exception as exc:
             self.error = (isinstance(exc, AdirError), f"{type(exc).__name__}: {exc}".splitlines()[0])
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), "error": self.error}
 
     def run(self, row: dict) -> dict:
-        return commit_row(row, self.ctx, self.output_uri)
+        """The row's record, its images written; the driver commits the record."""
+        return restore_row(row, self.ctx, self.output_uri)

@@ -1,0 +1,77 @@
+"""Everything ``adir restore`` can check before any work, each a one-line ``AdirError`` (exit 2).
+
+* the methods the manifest names exist, and those that retrieve neighbours have an index;
+* the prior and the index that look like paths or URIs exist;
+* every metric asked for is known and its weights files are in the weights folder (a
+  missing LPIPS file would otherwise fail every row at scoring, after its restoration);
+* the storage behind the manifest and the output is reachable with the credentials at hand
+  (``reach``: an ``s3://`` URI without credentials is one line naming the URI and the
+  error, not a botocore traceback).
+
+The model and the index themselves are loaded by every worker before any row; a load error
+there stops the job with exit 2 too (``jobs.restore.pool``). Imports no Ray.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from restore_core import metrics, storage
+from restore_core.errors import AdirError, ConfigError, InputError, ModelLoadError
+from restore_core.methods import get_method
+
+T = TypeVar("T")
+
+
+def reach(what: str, uri: str, action: Callable[[], T]) -> T:
+    """``action()``, with any storage error other than ours turned into one ``InputError``
+    line naming ``what``, the URI and the error (credentials, endpoint, permissions)."""
+    try:
+        return action()
+    except AdirError:
+        raise
+    except Exception as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"cannot reach the {what} {uri}: {type(exc).__name__}: {text[:300]}") from None
+
+
+def probe_output(output: str) -> None:
+    """List the output folder (or its parent): fails without read access to the bucket."""
+    fs, path = storage.filesystem(output)
+    fs.invalidate_cache(path)
+    if fs.exists(path):
+        fs.ls(path)
+    else:
+        parent = path.rstrip("/").rsplit("/", 1)[0]
+        if parent and parent != path:
+            fs.exists(parent)
+
+
+def check_methods(rows: list[dict], job) -> None:
+    for name in sorted({r["method"] for r in rows}):
+        method = get_method(name)  # unknown (or not installed) -> ConfigError
+        if getattr(method, "uses_neighbours", False) and not job.index:
+            raise ConfigError(f"method {name!r} retrieves neighbours but no index is set; "
+                              "pass --set index=URI (build one with adir build-index)")
+
+
+def check_paths(job) -> None:
+    for key in ("model", "index"):
+        uri = getattr(job, key)
+        looks_like_path = uri and ("://" in uri or os.path.sep in uri or uri.startswith("."))
+        if looks_like_path and not reach(key, uri, lambda uri=uri: storage.exists(uri)):
+            raise ModelLoadError(f"{key} not found: {uri}")
+
+
+def check_metrics(cfg) -> None:
+    """Unknown metric names, and missing weights files of the metrics that need them."""
+    unknown = [m for m in cfg.metrics if m not in metrics.KNOWN]
+    if unknown:
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; accepted: {', '.join(sorted(metrics.KNOWN))}")
+    for name in cfg.metrics:
+        if name in metrics.WEIGHT_FILES:
+            metrics.weights_file(name, metrics.WEIGHT_FILES[name][0], cfg.metrics_weights_dir)
+        if name in metrics.HUB_FILES:
+            metrics.weights_file(name, metrics.HUB_FILES[name], cfg.metrics_weights_dir)
