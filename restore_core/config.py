@@ -318,9 +318,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"steps": 1000, "adapt_iters": 400, "adapt_lr": 1e-4, "k": 20, "guidance_mode": "paper",
               "guidance_scale": 10.0, "lora_rank": 16, "lora_alpha": 8, "adapt_batch": 6},
     "fast": {"steps": 100, "adapt_iters": 40, "adapt_lr": 1e-3},
-    # fidelity: the posterior-mean estimate (mean of 4 DDRM samples of the prior), for PSNR;
-    # measured in `adir bench peers` (README) against DDRM's single sample and bicubic
-    "fidelity": {"method": "gd", "steps": 100, "sampler": "ddrm", "samples": 4},
+    # fidelity: the fast preset's cost ×4 for PSNR: the mean of 4 DDRM posterior samples (a
+    # posterior-mean estimate; methods.adir); `adir bench peers` row ddrm_fid (method gd)
+    "fidelity": {"steps": 100, "adapt_iters": 40, "adapt_lr": 1e-3, "sampler": "ddrm", "samples": 4},
 }
 
 
