@@ -79,4 +79,4 @@ def test_shipped_embedder_through_index_builder():
     # index loads wherever the repo lives; any other folder keeps its absolute path
     spec = embedder.normalize_spec(str(EMBEDDER_DIR))
     assert spec == embedder.normalize_spec(None)
-    assert all(v.startswith("shipped:embedder/") for k, v in spec.items() if k != "model")
+    assert all(spec[k].startswith("shipped:embedder/") for k in ("pretrained", "config"))
