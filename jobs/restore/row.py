@@ -128,9 +128,17 @@ def failed_record(row: dict, error: str) -> dict:
 
 
 def row_config(row: dict, job: JobConfig):
-    """The job's RestoreConfig with the row's method and its k/steps overrides."""
+    """The job's RestoreConfig with the row's method, its k/steps overrides and its noise level.
+
+    The samplers that need σ_y (DDRM, DiffPIR, DPS; SHRED's discrepancy stop) get the row's
+    ``noise_sigma`` when it is known: always for benchmark rows (``degrade``: the job made
+    the noise), and for production rows when the column states a σ > 0 and the job did not
+    set ``noise_sigma`` itself; otherwise σ is estimated from y."""
     changes = {"method": row["method"]}
     changes.update({key: row[key] for key in ("k", "steps") if row.get(key) is not None})
+    sigma = float(row.get("noise_sigma") or 0.0)
+    if row.get("degrade") or (sigma > 0 and job.restore.noise_sigma < 0):
+        changes["noise_sigma"] = sigma
     return sd_rows.with_prompt(dataclasses.replace(job.restore, **changes), row)
 
 

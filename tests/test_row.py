@@ -1,0 +1,21 @@
+"""jobs.restore.row.row_config: the row's own settings reach the method's config."""
+
+import pytest
+
+from jobs.restore.job_config import build_job_config
+from jobs.restore.row import row_config
+
+
+@pytest.mark.parametrize("degrade, row_sigma, job_sets, expected", [
+    (True, 10.0, [], 10.0),                    # benchmark row: the job made the noise, σ is known
+    (True, 0.0, ["noise_sigma=5"], 0.0),       # ... and it wins over a job-wide guess
+    (False, 25.0, [], 25.0),                   # production row stating its σ
+    (False, 0.0, [], -1.0),                    # production row, σ unstated: estimated from y
+    (False, 25.0, ["noise_sigma=5"], 5.0),     # the job's explicit σ is kept for production rows
+])
+def test_row_noise_sigma_reaches_the_sampler(degrade, row_sigma, job_sets, expected):
+    job = build_job_config(None, ["method=gd", *job_sets], workers=1)
+    row = {"method": "gd", "degrade": degrade, "noise_sigma": row_sigma, "k": None, "steps": 7}
+    cfg = row_config(row, job)
+    assert cfg.noise_sigma == expected
+    assert cfg.steps == 7 and cfg.method == "gd"
