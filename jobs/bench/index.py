@@ -48,6 +48,23 @@ log = logging.getLogger("adir.bench_index")
 DEGRADED_TASKS = ("sr4", "sr8", "deblur_box5", "deblur_gauss", "colorize")
 
 
+
+def kdtree_baseline(x: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int, n_queries: int) -> dict:
+    """scipy's cKDTree over ``x``: build time, and recall and single-query ms over the first
+    ``n_queries`` queries (exact search, so recall is 1 up to ties): the speed reference."""
+    from scipy.spatial import cKDTree
+
+    from index_builder.tuning import recall_at_k
+
+    start = time.perf_counter()
+    tree = cKDTree(x, leafsize=16)
+    build = time.perf_counter() - start
+    start = time.perf_counter()
+    ids = np.stack([tree.query(r, k=k)[1] for r in queries[:n_queries]])
+    single = (time.perf_counter() - start) / n_queries * 1000
+    return {"recall": round(recall_at_k(ids, exact[:n_queries]), 4), "ms_per_query_single": round(single, 1),
+            "queries_timed": n_queries, "build_seconds": round(build, 2)}
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--what", default="p1", choices=("p1", "p4", "degraded", "shards", "sharded"))
     p.add_argument("--shards-dir", default="runs/bench_index/shards", help="shards/sharded: the shard folder")
@@ -116,7 +133,6 @@ def _time_single(search, q: np.ndarray, k: int) -> float:
 
 def bench_p1(args) -> dict:
     import faiss
-    from scipy.spatial import cKDTree
 
     from index_builder.index import build_index, recall_at_k
 
@@ -156,16 +172,10 @@ def bench_p1(args) -> dict:
     gc.collect()
 
     if not args.no_kdtree:
-        start = time.perf_counter()
-        tree = cKDTree(x, leafsize=16)
-        build = time.perf_counter() - start
-        nq = args.kdtree_queries
-        start = time.perf_counter()
-        kd_ids = np.stack([tree.query(r, k=k)[1] for r in eval_q[:nq]])
-        single = (time.perf_counter() - start) / nq * 1000
-        result["kdtree"] = {"recall": round(recall_at_k(kd_ids, exact[:nq]), 4), "ms_per_query_single": round(single, 1),
-                            "queries_timed": nq, "build_seconds": round(build, 2), "memory_bytes": x.nbytes + 8 * args.n}
-        result["speedup_auto_vs_kdtree_single"] = round(single / result["auto"]["ms_per_query_single"], 1)
+        result["kdtree"] = kdtree_baseline(x, eval_q, exact, k, args.kdtree_queries) | {
+            "memory_bytes": x.nbytes + 8 * args.n}
+        kd_single = result["kdtree"]["ms_per_query_single"]
+        result["speedup_auto_vs_kdtree_single"] = round(kd_single / result["auto"]["ms_per_query_single"], 1)
         log.info("kdtree: %s", result["kdtree"])
     return result
 
@@ -207,7 +217,6 @@ def _peak_rss() -> int:
 def bench_sharded(args) -> dict:
     import faiss
     import ray
-    from scipy.spatial import cKDTree
 
     from index_builder.embedding_source import open_source
     from index_builder.serving import ShardIndex, start_shard_servers
@@ -257,15 +266,8 @@ def bench_sharded(args) -> dict:
     gc.collect()
     if not args.no_kdtree:
         x = np.concatenate([s.read().vectors for s in shards])
-        start = time.perf_counter()
-        tree = cKDTree(x, leafsize=16)
-        build = time.perf_counter() - start
-        nq = args.kdtree_queries
-        start = time.perf_counter()
-        kd_ids = np.stack([tree.query(r, k=k)[1] for r in q[:nq]])
-        kd_single = (time.perf_counter() - start) / nq * 1000
-        result["kdtree"] = {"recall": round(recall_at_k(kd_ids, exact_ids[:nq]), 4), "queries_timed": nq,
-                            "ms_per_query_single": round(kd_single, 1), "build_seconds": round(build, 1)}
+        result["kdtree"] = kdtree_baseline(x, q, exact_ids, k, args.kdtree_queries)
+        kd_single = result["kdtree"]["ms_per_query_single"]
         result["speedup_vs_kdtree_single"] = round(kd_single / single, 1)
         result["speedup_vs_kdtree_batched"] = round(kd_single / batched, 1)
     return result
