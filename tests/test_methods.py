@@ -33,7 +33,16 @@ def _tiny_indi(tmp_path, task: str) -> list[str]:
     return [f"indi.model={path}"]
 
 
-SETUP = {"indi": _tiny_indi}  # methods that need more than the diffusion prior
+def _tiny_sd(tmp_path, task: str) -> list[str]:
+    from helpers_sd import save_tiny_inpainter, save_tiny_upscaler
+
+    if task == "edit":
+        return [f"sd_inpaint_model={save_tiny_inpainter(str(tmp_path / 'sd'))}", "sd.prompt=a cat", "sd.steps=4"]
+    return [f"sd_model={save_tiny_upscaler(str(tmp_path / 'sd'))}", "sd.steps=4"]
+
+
+SETUP = {"indi": _tiny_indi, **dict.fromkeys(("sd", "adir_sd", "sd_edit", "adir_edit"), _tiny_sd)}
+# methods that need more than the diffusion prior
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +59,10 @@ def test_method_interface(name, model, tmp_path):
     task = method.tasks[0]
     overrides = FAST + SETUP.get(name, lambda *_: [])(tmp_path, task)
     cfg = RestoreConfig().with_overrides(overrides)
+    if getattr(method, "model_kind", ""):  # Stable Diffusion methods run on their own pipeline
+        from restore_core.models.stable_diffusion import config_spec, load_sd_model
+
+        model = load_sd_model(config_spec(cfg, method.model_kind), method.model_kind)
     op = build_operator(task, (3, SIZE, SIZE))
     u = torch.linspace(-0.7, 0.7, SIZE)
     x = torch.stack([(u[None, :] * u[:, None] + 0.2 * torch.sin(5 * u)[None, :]).expand(3, SIZE, SIZE)])
