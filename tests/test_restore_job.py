@@ -17,6 +17,7 @@ from PIL import Image
 from jobs.restore.results import RESULTS_DIR, part_uris, read_part, read_results
 from jobs.restore.row import image_path
 from tests.jobs_fixtures import (
+    TINY,
     after_first_row,
     manifest_rows,
     photo_dir,
@@ -185,3 +186,37 @@ def test_usage_errors_exit_2_before_work(case, tiny_prior, photo_dir, tmp_path, 
     assert code == 2, captured
     assert expected in captured.err and "adir restore: error:" in captured.err
     assert not out.exists(), "nothing may be written before validation passes"
+
+
+def test_index_served_by_shard_actors_gives_the_same_rows(ray_cluster, tiny_prior, photo_dir, tmp_path, capsys):
+    """``index_servers=1``: the restore actors query a shard actor instead of loading the
+    index; the neighbours and the restored images are the same as with the index loaded."""
+    import pyarrow.parquet as pq
+
+    from index_builder.embedder import load_embedder
+    from index_builder.shard_build import embed_rows
+    from jobs.build_index import index_stage
+    from restore_core.bundled_photos import export_crops
+    from tests.helpers import save_tiny_embedder
+
+    crops = export_crops(str(tmp_path / "photos"), "train", 8, 32, seed=4)
+    spec = save_tiny_embedder(str(tmp_path / "embedder"), seed=1)
+    emb, _ = embed_rows(load_embedder(spec), [c[0] for c in crops], [c[1] for c in crops], thumb_size=8)
+    pq.write_table(emb, str(tmp_path / "emb.parquet"))
+    index = str(tmp_path / "index")
+    index_stage([str(tmp_path / "emb.parquet")], index, spec, kind="flat", workers=0)
+
+    manifest = write_manifest_file(manifest_rows(photo_dir, "sr4", "adir", n=2), tmp_path / "m.parquet")
+    sets = [*TINY, f"index={index}"]
+    results = {}
+    for servers in (0, 1):
+        out = tmp_path / f"out{servers}"
+        code, stdout, stderr = run_restore(capsys, manifest, str(out), "--workers", "1", prior=tiny_prior,
+                                           sets=[*sets, f"index_servers={servers}"])
+        assert code == 0, stdout + stderr
+        assert ("index served by 1 shard actors" in stdout) == bool(servers)
+        results[servers] = read_results(str(out)).sort_values("image_id")
+    assert results[0].neighbour_ids.map(list).tolist() == results[1].neighbour_ids.map(list).tolist()
+    assert all(len(n) == 2 for n in results[1].neighbour_ids)
+    for rel in results[0].output_path:
+        assert (tmp_path / "out0" / rel).read_bytes() == (tmp_path / "out1" / rel).read_bytes()

@@ -9,6 +9,8 @@ embedder            embedder spec overriding the one recorded in the index; null
 workers             number of Ray actors (default 2)
 gpus_per_worker     GPUs per actor (default 0; > 0 runs the model on CUDA)
 cpus_per_worker     CPUs per actor; null = spread the cluster's CPUs over the workers
+index_servers       0 = every actor loads the index; N > 0 = N shard actors hold a parts-layout
+                    index and the restore actors query them (fan-out, exact top-K merge)
 device              auto (cuda when gpus_per_worker > 0) | cpu | cuda
 preset              fast | paper | null: the base RestoreConfig before overrides
 restore             a section of ``RestoreConfig`` keys (k, steps, adapt_iters, shred.iters…)
@@ -36,7 +38,8 @@ from restore_core.config import RestoreConfig, parse_overrides, preset_values
 from restore_core.errors import ConfigError, InputError
 
 DEVICES = ("auto", "cpu", "cuda")
-JOB_KEYS = ("model", "index", "embedder", "workers", "gpus_per_worker", "cpus_per_worker", "device", "preset")
+JOB_KEYS = ("model", "index", "embedder", "workers", "gpus_per_worker", "cpus_per_worker", "index_servers", "device",
+            "preset")
 
 
 @dataclass
@@ -47,6 +50,7 @@ class JobConfig:
     workers: int = 2
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
+    index_servers: int = 0
     device: str = "auto"
     preset: str | None = None
     restore: RestoreConfig = field(default_factory=RestoreConfig)
@@ -63,8 +67,10 @@ class JobConfig:
         return out
 
     def validate(self) -> None:
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"bad value for workers: {self.workers!r}; must be an integer >= 1")
+        for key, low in (("workers", 1), ("index_servers", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"bad value for {key}: {value!r}; must be an integer >= {low}")
         for key in ("gpus_per_worker", "cpus_per_worker"):
             value = getattr(self, key)
             if value is None and key == "cpus_per_worker":
@@ -84,7 +90,7 @@ class JobConfig:
 def _coerce_job(key: str, value: Any) -> Any:
     if key in ("gpus_per_worker", "cpus_per_worker") and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if key == "workers" and isinstance(value, float) and value.is_integer():
+    if key in ("workers", "index_servers") and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
 

@@ -22,6 +22,7 @@ line) instead of a silent hang; committed rows are kept and a rerun resumes.
 
 from __future__ import annotations
 
+import os
 import time
 
 from jobs.ray_env import forwarded_env
@@ -122,6 +123,20 @@ def _start(ray, actors: list, ready_timeout_s: float) -> list[dict]:
     return infos
 
 
+def start_index_servers(job) -> list:
+    """With ``index_servers`` > 0: the index's shard actors, named for the restore actors to
+    connect to (``row.load_context``); they take no CPU of their own, as they only answer one
+    query per row. Empty otherwise (each restore actor loads the index itself)."""
+    if not (job.index and job.index_servers):
+        return []
+    from index_builder.serving import start_shard_servers
+
+    fan = start_shard_servers(job.index, job.index_servers, name=f"adir-index-{os.getpid()}", cpus=0)
+    rss = ", ".join(f"{s.get('rss_bytes', 0) / 2**30:.2f}" for s in getattr(fan, "server_stats", []))
+    say(f"index served by {len(fan.shards)} shard actors (RSS GiB: {rss})")
+    return list(fan.shards)
+
+
 def run_rows(ray, job, todo: list[dict], output: str, ready_timeout_s: float = READY_TIMEOUT_S,
              stats: dict | None = None) -> tuple[int, int, list[str]]:
     """Stream ``todo`` over the actor pool; returns (rows finished, rows failed, ids whose
@@ -136,7 +151,9 @@ def run_rows(ray, job, todo: list[dict], output: str, ready_timeout_s: float = R
         num_cpus=num_cpus, num_gpus=job.gpus_per_worker, max_restarts=-1, max_task_retries=ROW_ATTEMPTS - 1,
         runtime_env={"env_vars": forwarded_env()})
     n_actors = min(job.workers, len(todo))
-    actors = [actor_cls.remote(job, output, threads) for _ in range(n_actors)]
+    index_shards = start_index_servers(job) if todo else []
+    service = index_shards and f"adir-index-{os.getpid()}"
+    actors = [actor_cls.remote(job, output, threads, service or None) for _ in range(n_actors)]
     writer = PartWriter(output)
     try:
         ready = _start(ray, actors, ready_timeout_s)
@@ -170,7 +187,7 @@ def run_rows(ray, job, todo: list[dict], output: str, ready_timeout_s: float = R
         return progress.done, progress.failed, uncommitted
     finally:
         writer.close()
-        for actor in actors:
+        for actor in actors + index_shards:
             try:
                 ray.kill(actor)
             except Exception:

@@ -91,8 +91,12 @@ class Measurement:
     gt: torch.Tensor | None
 
 
-def load_context(job: JobConfig) -> WorkerContext:
-    """Load the prior (and the retriever when ``job.index`` is set) once per worker."""
+def load_context(job: JobConfig, index_service: str | None = None) -> WorkerContext:
+    """Load the prior (and the retriever when ``job.index`` is set) once per worker.
+
+    ``index_service``: the name the driver gave the index's shard actors
+    (``index_builder.serving.start_shard_servers``); the retriever then queries them and
+    holds no index state of its own."""
     start = time.perf_counter()
     model = load_diffusion_model(job.model, device=job.torch_device)
     retriever = None
@@ -100,6 +104,10 @@ def load_context(job: JobConfig) -> WorkerContext:
         from index_builder.retrieval import Retriever
 
         kwargs = {"embedder": job.embedder} if job.embedder is not None else {}
+        if index_service:
+            from index_builder.serving import connect
+
+            kwargs["shards"] = connect(job.index, index_service, job.index_servers)
         retriever = Retriever.load(job.index, device=job.torch_device, **kwargs)
     return WorkerContext(job=job, model=model, retriever=retriever, seconds_load=time.perf_counter() - start)
 
@@ -305,14 +313,14 @@ class RowRestorer:
     it and the driver stops the job before any row.
     """
 
-    def __init__(self, job: JobConfig, output_uri: str, threads: int):
+    def __init__(self, job: JobConfig, output_uri: str, threads: int, index_service: str | None = None):
         from jobs.ray_env import quiet_library_noise
 
         quiet_library_noise()
         torch.set_num_threads(max(1, threads))
         self.output_uri, self.ctx, self.error = output_uri, None, None
         try:
-            self.ctx = load_context(job)
+            self.ctx = load_context(job, index_service)
         except Exception as exc:
             self.error = (isinstance(exc, AdirError), f"{type(exc).__name__}: {exc}".splitlines()[0])
 
