@@ -1,4 +1,4 @@
-"""Image embedder ξ_v of ADIR's retrieval (paper 000, §3.3, eq. 19): open_clip image towers.
+"""Image embedder ξ_v of ADIR's retrieval (ADIR §3.3, eq. 19): open_clip image towers.
 
 Owns loading an open_clip model through its real API
 (``open_clip.create_model_and_transforms(name, pretrained=<tag | local path>)``, custom

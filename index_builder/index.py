@@ -1,4 +1,4 @@
-"""Nearest-neighbour indexes over L2-normalised embeddings (paper 000, §3.3 eq. 19, §4).
+"""Nearest-neighbour indexes over L2-normalised embeddings (ADIR, §3.3 eq. 19, §4).
 
 ADIR retrieves the K corpus images nearest to ξ(y) in spherical distance
 φ(a, b) = 2·arcsin(½‖a − b‖₂) (eq. 19 as printed squares the norm; for unit vectors the

@@ -1,4 +1,4 @@
-"""Retrieval of ADIR's K neighbours for a degraded observation y (paper 000, eq. 19).
+"""Retrieval of ADIR's K neighbours for a degraded observation y (ADIR eq. 19).
 
 An index folder (written by ``jobs.build_index``) is one of two layouts:
 
@@ -13,7 +13,7 @@ An index folder (written by ``jobs.build_index``) is one of two layouts:
 
 Both carry ``embedder.json``, the embedder spec the vectors were made with.
 
-Modes (paper 000, Table 6 ablation): ``clip`` — the K nearest in embedding space, with
+Modes (ADIR Table 6 ablation): ``clip`` — the K nearest in embedding space, with
 distance φ = 2·arcsin(½‖ξ(y) − ξ(z)‖); ``random`` — K uniform picks (seeded; distance is
 NaN); ``mse`` — the K nearest in downsampled pixel space (root-mean-square difference of
 the s×s thumbnails in [0, 1], brute force, as the paper notes it is hard to index).

@@ -7,7 +7,7 @@ fixed-size shards; each shard becomes, under ``<output>/``:
   be read (missing, empty, corrupt, …; the reason is ``read_image``'s one-line message);
 * ``embeddings/part-NNNNN.parquet`` — ``image_id, uri, embedding`` (fixed_size_list<float32>,
   L2-normalised) and ``thumbnail`` (fixed_size_binary: a ``thumb_size``² RGB uint8 image,
-  for the ``mse`` retrieval ablation of paper 000, Table 6).
+  for the ``mse`` retrieval ablation of ADIR Table 6).
 
 Both files are written atomically (``restore_core.storage.atomic_write_bytes``), the
 skipped table first; the embeddings part is the shard's commit marker. Resume is keyed by

@@ -1,10 +1,10 @@
-"""Image-adaptive LoRA tuning of a Stable Diffusion UNet in latent space (paper 001 §4, §4.1, §4.4).
+"""Image-adaptive LoRA tuning of a Stable Diffusion UNet in latent space (ADIR, revised version, §4, §4.1, §4.4).
 
 The pixel-space counterpart is ``restore_core.adaptation`` (eq. 20 on ℓ_simple); this module
 reuses its crops (``random_crop_batch``), its conv-layer list and its weight hash, and adds
 what a latent model needs:
 
-* ``sd_lora_adapter``: a fresh LoRA (r = 16, α = 8 on every Conv2d: paper 001 §4) attached
+* ``sd_lora_adapter``: a fresh LoRA (r = 16, α = 8 on every Conv2d: ADIR (revised version) §4) attached
   with diffusers' own adapter API, ``UNet2DConditionModel.add_adapter(LoraConfig)``, and
   removed on exit with ``unload_lora`` (which puts the very base modules back and drops the
   peft config), so the state dict is bit-identical after every row. lora_A's init is drawn
@@ -16,7 +16,7 @@ what a latent model needs:
   ``low_res_scheduler`` and concatenated to the noisy VAE latent of z, the level as the
   UNet's class label, the prompt's text states as cross-attention; loss
   ‖target − UNet(·)‖² with the scheduler's target (v = √ᾱ ε − √(1−ᾱ) z₀ for the x4
-  upscaler's v-prediction). One t for the whole batch of 6 (paper 001 §4).
+  upscaler's v-prediction). One t for the whole batch of 6 (ADIR, revised version, §4).
 * ``inpaint_loss``: §4.4, SD's own inpainting training — random fill masks m per crop
   (``random_fill_masks``), the UNet input noisy latent ⊕ m resized to the latent ⊕ latent of
   z·(1 − m), and the text condition the prompt's or, with probability ``prompt_drop``,

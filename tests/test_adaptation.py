@@ -1,4 +1,4 @@
-"""Contracts of the image-adaptive LoRA (paper 000 §3.3, issue 2 test 5).
+"""Contracts of the image-adaptive LoRA (ADIR §3.3, issue 2 test 5).
 
 Real components only: a tiny diffusers UNet2DModel saved and loaded through
 ``load_diffusion_model``, real photo crops, peft LoRA. 16² models keep each test ~1 s.

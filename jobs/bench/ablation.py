@@ -1,4 +1,4 @@
-"""``adir bench ablation``: ADIR's Table 6 ablation at toy scale (paper 000 §4, Table 6).
+"""``adir bench ablation``: ADIR's Table 6 ablation at toy scale (ADIR §4, Table 6).
 
 On ``--images`` held-out photo crops (``restore_core.bundled_photos.HELDOUT_PHOTOS``: no
 crop of these photos is in the prior's training data or in the retrieval corpus), each

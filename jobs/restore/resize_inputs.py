@@ -1,6 +1,6 @@
 """Square, resized copies of a folder of images (``adir make-manifest --resize N``).
 
-ADIR's super-resolution table (paper 000, Table 2) works at a fixed geometry: each photo
+ADIR's super-resolution table (ADIR Table 2) works at a fixed geometry: each photo
 (DIV2K-style, any size and aspect) is centre-cropped to a square and resized to 512², the
 ground truth; y is that image degraded to 128² (sr4) or 64² (sr8); the 256² prior samples
 the 512² output in tiles (``restore_core.sampling.tiled``). This module makes the

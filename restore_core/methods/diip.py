@@ -1,4 +1,4 @@
-"""DIIP (paper 004, slides): blind restoration by fitting the initial noise of a frozen DDIM.
+"""DIIP (slides): blind restoration by fitting the initial noise of a frozen DDIM.
 
 Algorithm 1 of the slides: z* = argmin_z ‖g(z) − y‖² (eq. 2) with g the deterministic
 DDIM of the prior (skip ``cfg.diip.skip``), optimised by Adam from z ~ N(0, I); no

@@ -1,4 +1,4 @@
-"""SHRED (paper 002): restoration by optimising only the initial noise of a DDIM.
+"""SHRED: restoration by optimising only the initial noise of a DDIM.
 
 Algorithm 1 / eq. 13-16: f is the deterministic DDIM (σ_t = 0) with skip δt
 (``restore_core.sampling.ddim``; δt = 100 → 10 steps of a T = 1000 model), and Adam minimises

@@ -1,4 +1,4 @@
-"""ADIR on Stable Diffusion (paper 001 §4.1, §4.4; Table 1 row ADIR-SD) and its baselines.
+"""ADIR on Stable Diffusion (ADIR, revised version, §4.1, §4.4; Table 1 row ADIR-SD) and its baselines.
 
 * ``sd`` (task ``sr4``): the x4 upscaler pipeline on y as it is — the "Stable Diffusion"
   row of the SR table. ``adir_sd``: the same after a fresh LoRA is tuned on the K retrieved

@@ -1,12 +1,12 @@
 """OpenAI guided-diffusion checkpoints as diffusers folders (the prior ADIR's tables use).
 
-ADIR (paper 000, Tables 2, 4, 5) restores with OpenAI's unconditional ImageNet model
+ADIR (Tables 2, 4, 5) restores with OpenAI's unconditional ImageNet model
 ``256x256_diffusion_uncond.pt`` ("Diffusion Models Beat GANs on Image Synthesis"); the
 FFHQ model used by DPS / ILVR (``ffhq_10m.pt``) is the same network at half the width.
 This module maps such a state dict onto a diffusers ``UNet2DModel`` that represents the
 network exactly, and writes the folder ``restore_core.models.pixel_unet`` loads
 (``unet/`` in safetensors, ``scheduler/`` with T = 1000 linear β and the learned-range
-variance Σ of paper 000 eq. 4, 6 output channels).
+variance Σ of ADIR eq. 4, 6 output channels).
 
 Owns ``VARIANTS``, ``unet_config``, ``convert_state_dict``, ``load_checkpoint`` and
 ``write_diffusers_folder``; imports torch, diffusers (lazily) and ``restore_core.storage``.

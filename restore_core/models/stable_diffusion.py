@@ -5,7 +5,7 @@ Owns ``StableDiffusionModel`` and ``load_sd_model``; imports diffusers,
 URI fetched once to a cache, hub id with ``HF_HUB_OFFLINE`` failing fast) and the errors.
 Never imports the methods, samplers or jobs.
 
-ADIR (paper 001) §4.1 uses ``StableDiffusionUpscalePipeline`` (``kind="upscale"``): a latent
+ADIR (revised version) §4.1 uses ``StableDiffusionUpscalePipeline`` (``kind="upscale"``): a latent
 UNet whose input is the noisy latent concatenated with the low-resolution image y itself
 (4 + 3 = 7 channels), y first noised to ``noise_level`` by the pipeline's
 ``low_res_scheduler`` and the level passed as the UNet's class label; v-prediction; a

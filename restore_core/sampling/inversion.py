@@ -1,7 +1,7 @@
 """DDIM inversion: the x_T that the deterministic DDIM of ``sampling.ddim`` maps to a given x₀.
 
-Owns ``ddim_invert``; imports only torch and ``sampling.ddim``. SHRED (paper 002,
-Algorithm 1) and DIIP (paper 004, eq. 2) optimise x_T of f = ``ddim_decode``; the
+Owns ``ddim_invert``; imports only torch and ``sampling.ddim``. SHRED (SHRED,
+Algorithm 1) and DIIP (eq. 2) optimise x_T of f = ``ddim_decode``; the
 inversion answers two questions for them: can f's range hold a photo at all (invert the
 ground truth, regenerate, measure PSNR: ``adir bench inversion``), and where should the
 optimisation start (the inversion of pinv(y) or of y sits near the answer, a random x_T

@@ -3,7 +3,7 @@
 Owns ``tile_layout``, ``TiledUNet``, ``tiled_model`` and ``check_max_side``; imports torch,
 ``restore_core.errors`` and the model wrapper, never the samplers or jobs.
 
-ADIR (paper 000, Tables 2, 4, 5) samples 512² outputs with a 256² prior. Running the UNet
+ADIR (Tables 2, 4, 5) samples 512² outputs with a 256² prior. Running the UNet
 on the whole image costs more than linearly (self-attention is quadratic in the number of
 positions) and leaves the training resolution; cutting the image into independent tiles
 leaves seams. Here the image stays whole for the sampler: ``TiledUNet`` looks like the UNet
