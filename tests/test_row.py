@@ -1,4 +1,4 @@
-"""jobs.restore.row.row_config: the row's own settings reach the method's config."""
+"""jobs.restore.row.row_config and the preflight checks rows rely on: the row's own settings reach the method."""
 
 import pytest
 
@@ -19,3 +19,21 @@ def test_row_noise_sigma_reaches_the_sampler(degrade, row_sigma, job_sets, expec
     cfg = row_config(row, job)
     assert cfg.noise_sigma == expected
     assert cfg.steps == 7 and cfg.method == "gd"
+
+
+@pytest.mark.parametrize("text, refused", [(False, True), (True, False)])
+def test_adir_edit_needs_a_text_tower_before_any_work(text, refused):
+    import dataclasses
+
+    from index_builder.embedder import DEFAULT_EMBEDDER
+    from jobs.restore import preflight
+    from restore_core.errors import ConfigError
+
+    job = build_job_config(None, ["index=/data/index"], workers=1)
+    job = dataclasses.replace(job, embedder=dict(DEFAULT_EMBEDDER, text=text))
+    rows = [{"method": "adir_edit"}, {"method": "sd_edit"}]
+    if refused:
+        with pytest.raises(ConfigError, match="no usable text tower"):
+            preflight.check_methods(rows, job)
+    else:
+        preflight.check_methods(rows, job)

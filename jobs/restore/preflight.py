@@ -55,6 +55,22 @@ def check_methods(rows: list[dict], job) -> None:
         if getattr(method, "uses_neighbours", False) and not job.index:
             raise ConfigError(f"method {name!r} retrieves neighbours but no index is set; "
                               "pass --set index=URI (build one with adir build-index)")
+        if name == "adir_edit":
+            check_text_retrieval(job)
+
+
+def check_text_retrieval(job) -> None:
+    """``adir_edit`` retrieves by the prompt's text embedding (ADIR §4.4): an index whose
+    embedder is image-only (the shipped one) is refused here, before any row runs."""
+    from index_builder.embedder import normalize_spec
+    from index_builder.retrieval import recorded_embedder
+
+    spec = job.embedder if job.embedder is not None else reach(
+        "index", job.index, lambda: recorded_embedder(job.index))
+    if normalize_spec(spec).get("text") is False:
+        raise ConfigError(f"method 'adir_edit' retrieves neighbours by text, but the embedder of index {job.index} "
+                          "has no usable text tower (image-only); build the index with an open_clip model that "
+                          "has one (adir build-index --model NAME --pretrained PATH)")
 
 
 def check_paths(job) -> None:
