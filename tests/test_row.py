@@ -37,3 +37,9 @@ def test_adir_edit_needs_a_text_tower_before_any_work(text, refused):
             preflight.check_methods(rows, job)
     else:
         preflight.check_methods(rows, job)
+
+
+def test_row_steps_reach_the_stable_diffusion_pipeline():
+    job = build_job_config(None, [], workers=1)
+    cfg = row_config({"method": "adir_sd", "degrade": False, "noise_sigma": 0.0, "k": None, "steps": 12}, job)
+    assert cfg.sd.steps == 12 and cfg.steps == job.restore.steps

@@ -144,6 +144,9 @@ def row_config(row: dict, job: JobConfig):
     set ``noise_sigma`` itself; otherwise σ is estimated from y."""
     changes = {"method": row["method"]}
     changes.update({key: row[key] for key in ("k", "steps") if row.get(key) is not None})
+    if "steps" in changes and getattr(get_method(row["method"]), "model_kind", ""):
+        # Stable Diffusion methods sample with their pipeline's own step count
+        changes["sd"] = dataclasses.replace(job.restore.sd, steps=int(changes.pop("steps")))
     sigma = float(row.get("noise_sigma") or 0.0)
     if row.get("degrade") or (sigma > 0 and job.restore.noise_sigma < 0):
         changes["noise_sigma"] = sigma
