@@ -43,3 +43,13 @@ def test_row_steps_reach_the_stable_diffusion_pipeline():
     job = build_job_config(None, [], workers=1)
     cfg = row_config({"method": "adir_sd", "degrade": False, "noise_sigma": 0.0, "k": None, "steps": 12}, job)
     assert cfg.sd.steps == 12 and cfg.steps == job.restore.steps
+
+
+def test_a_missing_stable_diffusion_folder_is_refused_before_any_work(tmp_path):
+    from jobs.restore import preflight
+    from restore_core.errors import ModelLoadError
+
+    job = build_job_config(None, [f"sd_model={tmp_path / 'no-such-pipeline'}"], workers=1)
+    with pytest.raises(ModelLoadError, match="the sd pipeline not found"):
+        preflight.check_methods([{"method": "sd"}], job)
+    preflight.check_methods([{"method": "gd"}], job)  # methods that do not use it are not held up

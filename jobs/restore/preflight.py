@@ -57,6 +57,10 @@ def check_methods(rows: list[dict], job) -> None:
                               "pass --set index=URI (build one with adir build-index)")
         if name == "adir_edit":
             check_text_retrieval(job)
+        if getattr(method, "model_kind", ""):  # a Stable Diffusion pipeline given as a path must exist
+            from restore_core.models.stable_diffusion import config_spec
+
+            check_path(f"the {name} pipeline", config_spec(job.restore, method.model_kind))
 
 
 def check_text_retrieval(job) -> None:
@@ -75,10 +79,15 @@ def check_text_retrieval(job) -> None:
 
 def check_paths(job) -> None:
     for key in ("model", "index"):
-        uri = getattr(job, key)
-        looks_like_path = uri and ("://" in uri or os.path.sep in uri or uri.startswith("."))
-        if looks_like_path and not reach(key, uri, lambda uri=uri: storage.exists(uri)):
-            raise ModelLoadError(f"{key} not found: {uri}")
+        check_path(key, getattr(job, key))
+
+
+def check_path(what: str, uri: str | None) -> None:
+    """ModelLoadError when ``uri`` is a path or URI (not a hub id such as ``owner/name``,
+    which the loaders resolve themselves) and is not there."""
+    looks_like_path = uri and ("://" in uri or uri.startswith((os.path.sep, ".", "~")) or uri.count("/") > 1)
+    if looks_like_path and not reach(what, uri, lambda: storage.exists(uri)):
+        raise ModelLoadError(f"{what} not found: {uri}")
 
 
 def check_metrics(cfg) -> None:
