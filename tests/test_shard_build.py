@@ -11,18 +11,8 @@ from index_builder.retrieval import Retriever
 from index_builder.shard_build import part_name, read_skipped
 from jobs.build_index import run_build
 from restore_core.bundled_photos import export_crops
+from tests.jobs_fixtures import ray_cluster  # noqa: F401  (the one shared Ray)
 
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from index_builder.sharded_index import build_from_shards
 from jobs import cli
 from jobs.build_index import run_from_embeddings
 from restore_core.errors import InputError
+from tests.jobs_fixtures import ray_cluster  # noqa: F401  (the one shared Ray)
 
 
 def clustered(n, d=16, seed=0):
@@ -53,17 +54,6 @@ def write_clip_retrieval(folder, x, n_shards):
 def vectors():
     return clustered(3000)
 
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def test_sharded_build_on_two_actors_equals_single_process_and_fan_out(ray_cluster, vectors, tmp_path):
