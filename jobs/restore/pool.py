@@ -123,18 +123,20 @@ def _start(ray, actors: list, ready_timeout_s: float) -> list[dict]:
     return infos
 
 
-def start_index_servers(job) -> list:
+def start_index_servers(job) -> tuple[str | None, list]:
     """With ``index_servers`` > 0: the index's shard actors, named for the restore actors to
     connect to (``row.load_context``); they take no CPU of their own, as they only answer one
-    query per row. Empty otherwise (each restore actor loads the index itself)."""
+    query per row. Returns (their name, the actors); (None, []) otherwise, when each restore
+    actor loads the index itself."""
     if not (job.index and job.index_servers):
-        return []
+        return None, []
     from index_builder.serving import start_shard_servers
 
-    fan = start_shard_servers(job.index, job.index_servers, name=f"adir-index-{os.getpid()}", cpus=0)
+    name = f"adir-index-{os.getpid()}"
+    fan = start_shard_servers(job.index, job.index_servers, name=name, cpus=0)
     rss = ", ".join(f"{s.get('rss_bytes', 0) / 2**30:.2f}" for s in getattr(fan, "server_stats", []))
     say(f"index served by {len(fan.shards)} shard actors (RSS GiB: {rss})")
-    return list(fan.shards)
+    return name, list(fan.shards)
 
 
 def run_rows(ray, job, todo: list[dict], output: str, ready_timeout_s: float = READY_TIMEOUT_S,
@@ -151,9 +153,8 @@ def run_rows(ray, job, todo: list[dict], output: str, ready_timeout_s: float = R
         num_cpus=num_cpus, num_gpus=job.gpus_per_worker, max_restarts=-1, max_task_retries=ROW_ATTEMPTS - 1,
         runtime_env={"env_vars": forwarded_env()})
     n_actors = min(job.workers, len(todo))
-    index_shards = start_index_servers(job) if todo else []
-    service = index_shards and f"adir-index-{os.getpid()}"
-    actors = [actor_cls.remote(job, output, threads, service or None) for _ in range(n_actors)]
+    service, index_shards = start_index_servers(job) if todo else (None, [])
+    actors = [actor_cls.remote(job, output, threads, service) for _ in range(n_actors)]
     writer = PartWriter(output)
     try:
         ready = _start(ray, actors, ready_timeout_s)
