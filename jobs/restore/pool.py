@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 
 from jobs.ray_env import forwarded_env
 from jobs.restore.results import PartWriter
@@ -139,11 +140,13 @@ def start_index_servers(job) -> tuple[str | None, list]:
     return name, list(fan.shards)
 
 
-def run_rows(ray, job, todo: list[dict], output: str, ready_timeout_s: float = READY_TIMEOUT_S,
-             stats: dict | None = None) -> tuple[int, int, list[str]]:
-    """Stream ``todo`` over the actor pool; returns (rows finished, rows failed, ids whose
-    record could not be committed). ``stats``, when given, receives ``ready_s`` (actor
-    start-up) and ``loop_s`` (first row sent to last record committed)."""
+def run_rows(ray, job, todo: Iterable[dict], output: str, ready_timeout_s: float = READY_TIMEOUT_S,
+             stats: dict | None = None, total: int | None = None) -> tuple[int, int, list[str]]:
+    """Stream ``todo`` (validated rows, a list or an iterator that reads them in batches) over
+    the actor pool; ``total`` is their count (``len(todo)`` when omitted). Rows are taken from
+    ``todo`` only as actors free up. Returns (rows finished, rows failed, ids whose record
+    could not be committed). ``stats``, when given, receives ``ready_s`` (actor start-up)
+    and ``loop_s`` (first row sent to last record committed)."""
     stats = {} if stats is None else stats
     start = time.perf_counter()
     from ray.exceptions import RayActorError, RayTaskError
@@ -152,21 +155,22 @@ def run_rows(ray, job, todo: list[dict], output: str, ready_timeout_s: float = R
     actor_cls = ray.remote(RowRestorer).options(
         num_cpus=num_cpus, num_gpus=job.gpus_per_worker, max_restarts=-1, max_task_retries=ROW_ATTEMPTS - 1,
         runtime_env={"env_vars": forwarded_env()})
-    n_actors = min(job.workers, len(todo))
-    service, index_shards = start_index_servers(job) if todo else (None, [])
+    total = len(todo) if total is None else total
+    n_actors = min(job.workers, total)
+    service, index_shards = start_index_servers(job) if total else (None, [])
     actors = [actor_cls.remote(job, output, threads, service) for _ in range(n_actors)]
     writer = PartWriter(output)
     try:
         ready = _start(ray, actors, ready_timeout_s)
         stats["ready_s"] = time.perf_counter() - start
         say(f"{n_actors} workers ready (pids {', '.join(str(i['pid']) for i in ready)}), "
-            f"{num_cpus:g} CPU and {job.gpus_per_worker:g} GPU each; {len(todo)} rows to do")
-        progress = Progress(len(todo), output)
-        queue = list(reversed(todo))
+            f"{num_cpus:g} CPU and {job.gpus_per_worker:g} GPU each; {total} rows to do")
+        progress = Progress(total, output)
+        queue = iter(todo)
         in_flight: dict = {}  # ref -> (actor, row)
         for actor in actors:
-            if queue:
-                row = queue.pop()
+            row = next(queue, None)
+            if row is not None:
                 in_flight[actor.run.remote(row)] = (actor, row)
         while in_flight:
             ref = wait_any(ray, list(in_flight))[0]
@@ -180,8 +184,8 @@ def run_rows(ray, job, todo: list[dict], output: str, ready_timeout_s: float = R
                                             f"{type(exc).__name__}")
             writer.add(record)
             progress.update(record["status"] == "ok")
-            if queue:
-                row = queue.pop()
+            row = next(queue, None)
+            if row is not None:
                 in_flight[actor.run.remote(row)] = (actor, row)
         uncommitted = writer.close()
         stats["loop_s"] = time.perf_counter() - start - stats["ready_s"]
