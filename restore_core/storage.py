@@ -134,14 +134,21 @@ def atomic_write_bytes(uri: str, data: bytes) -> None:
 def listdir(uri: str, suffix: str | None = None) -> list[str]:
     """Sorted URIs of the *files* directly under ``uri`` whose names end with ``suffix``
     (empty if the folder does not exist; temporary files of atomic writes are hidden).
+    Symbolic links to files count as files (fsspec lists them as type "other"); a link
+    whose target is missing is an ``InputError`` rather than a shard silently left out.
     Remote results keep the scheme (``s3://b/k``); local ones are plain paths."""
     fs, path = filesystem(uri)
     fs.invalidate_cache(path)  # s3fs caches listings per process; results change under us
     if not fs.exists(path):
         return []
-    entries = fs.ls(path, detail=True)
-    names = [e["name"] for e in entries if e.get("type") == "file"
-             and not os.path.basename(e["name"].rstrip("/")).startswith(TMP_PREFIX)]
+    names = []
+    for e in fs.ls(path, detail=True):
+        if os.path.basename(e["name"].rstrip("/")).startswith(TMP_PREFIX):
+            continue
+        if e.get("islink") and not os.path.exists(e["name"]):
+            raise InputError(f"broken symbolic link {e['name']} -> {e.get('destination')}")
+        if e.get("type") == "file" or (e.get("islink") and os.path.isfile(e["name"])):
+            names.append(e["name"])
     if suffix:
         names = [n for n in names if n.endswith(suffix)]
     if is_local(uri):

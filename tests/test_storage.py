@@ -51,6 +51,25 @@ def test_listdir_join_makedirs(tmp_path):
     assert storage.to_local_path_if_file("s3://b/a") is None
 
 
+def test_listdir_follows_symlinked_files_and_refuses_broken_links(tmp_path):
+    """Shards symlinked into a folder are listed like files (a link to a folder is not);
+    a dangling link is an error naming it, not a shard silently left out."""
+    real, links = tmp_path / "real", tmp_path / "links"
+    real.mkdir()
+    (real / "sub").mkdir()
+    links.mkdir()
+    for name in ("part-0.parquet", "part-1.parquet"):
+        (real / name).write_bytes(b"1")
+        (links / name).symlink_to(real / name)
+    (links / "part-2.parquet").write_bytes(b"1")
+    (links / "dir.parquet").symlink_to(real / "sub")
+    assert storage.listdir(str(links), suffix=".parquet") == [
+        str(links / n) for n in ("part-0.parquet", "part-1.parquet", "part-2.parquet")]
+    (links / "part-3.parquet").symlink_to(real / "gone.parquet")
+    with pytest.raises(InputError, match="broken symbolic link .*part-3.parquet"):
+        storage.listdir(str(links))
+
+
 def test_errors_are_input_errors(tmp_path):
     with pytest.raises(InputError) as err:
         storage.read_bytes("xyz://bucket/key")
