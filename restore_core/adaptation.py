@@ -20,17 +20,27 @@ augmentation that keeps image statistics). With a learned-variance model (6 outp
 channels) only the first C = 3 (ε) channels enter the loss: the paper saw no benefit
 from including Σ (§3.3).
 
+Progress and resume (``restore_core.progress``): ``adapt_lora`` reports its iterations as
+the ``adapting`` stage of the tracked row. ``adapt_or_resume`` wraps a row's adaptation:
+when the row has an adapter location (its ``RowProgress.adapter_uri``, under the job's
+output) the adapted weights are saved there atomically before sampling starts, and a rerun
+of the interrupted row loads them instead of adapting again. Training and sampling draw
+from separate generators (the methods take the adaptation seed from a copy of the row's
+generator), so a resumed row samples with the same noise and gives the same image.
+
 Contract: after ``remove_lora`` (or leaving ``lora_adapter``) the UNet holds exactly its
 original modules and tensors — ``state_dict_hash`` is unchanged — so rows never leak
 into each other. The adapter's random init (lora_A; lora_B starts at 0) comes from the
 ``seed`` of ``attach_lora`` on a forked RNG, so a row is reproducible and the global RNG
 is untouched. Adapters save/load as safetensors through peft's
-``get_peft_model_state_dict`` / ``set_peft_model_state_dict``.
-``evaluate_after_adaptation`` lets a benchmark measure the adapted model before removal.
+``get_peft_model_state_dict`` / ``set_peft_model_state_dict``, to any fsspec URI
+(``restore_core.storage``). ``evaluate_after_adaptation`` lets a benchmark measure the
+adapted model before removal.
 
-Imports torch, peft (lazily) and ``restore_core.errors``; never the samplers or jobs. The
-model argument is a ``restore_core.models.pixel_unet.DiffusionModel`` (``unet``,
-``schedule.alphas_cumprod``, ``eps``, ``sample_size``, ``device``).
+Imports torch, peft and safetensors (lazily), ``restore_core.errors``, ``.progress`` and
+``.storage``; never the samplers or jobs. The model argument is a
+``restore_core.models.pixel_unet.DiffusionModel`` (``unet``, ``schedule.alphas_cumprod``,
+``eps``, ``sample_size``, ``device``).
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from restore_core import progress, storage
 from restore_core.errors import SamplingDivergedError
 
 ADAPTER = "row"
@@ -197,6 +208,7 @@ def adapt_lora(model, images: torch.Tensor, params: list[torch.nn.Parameter], it
     start = time.perf_counter()
     losses = []
     model.unet.train()
+    progress.report("adapting", 0, iters)
     try:
         for it in range(iters):
             x0 = random_crop_batch(images, batch_size, size, g).to(model.device)
@@ -212,6 +224,7 @@ def adapt_lora(model, images: torch.Tensor, params: list[torch.nn.Parameter], it
                 raise SamplingDivergedError(f"non-finite adaptation loss ({value}) at iteration {it + 1}; "
                                             "lower adapt_lr")
             losses.append(value)
+            progress.report("adapting", it + 1, iters)
             if callback is not None:
                 callback(it, value)
     finally:
@@ -225,20 +238,45 @@ def adapt_lora(model, images: torch.Tensor, params: list[torch.nn.Parameter], it
     return info
 
 
-def save_adapter(unet: torch.nn.Module, path: str) -> None:
-    """Save the attached adapter's weights as safetensors."""
+def save_adapter(unet: torch.nn.Module, uri: str) -> None:
+    """Save the attached adapter's weights as safetensors to ``uri`` (atomically)."""
     from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER).items()}, path)
+    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+    storage.atomic_write_bytes(uri, save({k: v.detach().contiguous() for k, v in state.items()}))
 
 
-def load_adapter(unet: torch.nn.Module, path: str) -> None:
+def load_adapter(unet: torch.nn.Module, uri: str) -> None:
     """Load adapter weights saved by ``save_adapter`` into an attached adapter."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    result = set_peft_model_state_dict(unet, load_file(path), adapter_name=ADAPTER)
+    result = set_peft_model_state_dict(unet, load(storage.read_bytes(uri)), adapter_name=ADAPTER)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
-        raise RuntimeError(f"adapter {path} does not match this model: unexpected keys {unexpected[:3]}")
+        raise RuntimeError(f"adapter {uri} does not match this model: unexpected keys {unexpected[:3]}")
+
+
+def adapt_or_resume(unet: torch.nn.Module, iters: int, adapt: Callable[[], dict]) -> dict:
+    """``adapt()`` — the adaptation of the adapter attached to ``unet`` — or its saved result.
+
+    In a tracked row with an adapter location (module docstring): when an adapter is saved
+    there, it is loaded and ``adapt`` is skipped (info ``adapter="resumed"``, ``iterations``
+    = ``iters``, as the row's key fixes the settings it was trained with, and
+    ``seconds_adapt`` the load time); otherwise ``adapt()`` runs and its adapter is saved
+    there (``adapter="saved"``, the save counted in ``seconds_adapt``). Elsewhere:
+    ``adapt()`` alone."""
+    row = progress.current()
+    uri = row.adapter_uri if row is not None else None
+    if uri is None:
+        return adapt()
+    start = time.perf_counter()
+    if storage.exists(uri):
+        load_adapter(unet, uri)
+        row.adapter = "resumed"
+        return {"iterations": iters, "seconds_adapt": time.perf_counter() - start, "adapter": "resumed"}
+    info = adapt()
+    save_adapter(unet, uri)
+    row.adapter = "saved"
+    return info | {"seconds_adapt": time.perf_counter() - start, "adapter": "saved"}

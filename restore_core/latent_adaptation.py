@@ -10,7 +10,8 @@ what a latent model needs:
   peft config), so the state dict is bit-identical after every row. lora_A's init is drawn
   from ``seed`` on a forked RNG: rows are reproducible and the global RNG is untouched.
 * ``train_adapter``: Adam on a batch loss, one batch per iteration (Table 1: 400 iterations,
-  lr 1e-4), with the same seed giving the same crops, t and noise.
+  lr 1e-4), with the same seed giving the same crops, t and noise; its iterations are the
+  tracked row's ``adapting`` stage (``restore_core.progress``).
 * ``upscaler_loss``: §4.1 — random crops z of the neighbours, the low-resolution input
   A(z) (the task's operator) noised to ``noise_level`` by the pipeline's
   ``low_res_scheduler`` and concatenated to the noisy VAE latent of z, the level as the
@@ -22,7 +23,7 @@ what a latent model needs:
   z·(1 − m), and the text condition the prompt's or, with probability ``prompt_drop``,
   the empty prompt's (classifier-free training); the drop-outs are counted.
 
-Imports torch, peft (lazily), ``restore_core.adaptation`` and the errors; the model is a
+Imports torch, peft (lazily), ``restore_core.adaptation``, ``.progress`` and the errors; the model is a
 ``restore_core.models.stable_diffusion.StableDiffusionModel``. Never the methods or jobs.
 """
 
@@ -36,6 +37,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from restore_core import progress
 from restore_core.adaptation import ADAPTER, conv_module_names, random_crop_batch
 from restore_core.errors import SamplingDivergedError
 
@@ -75,6 +77,7 @@ def train_adapter(params: list[torch.nn.Parameter], batch_loss: Callable[[torch.
     losses: list[float] = []
     start = time.perf_counter()
     unet.train()
+    progress.report("adapting", 0, iters)
     try:
         for it in range(iters):
             with torch.enable_grad():
@@ -86,6 +89,7 @@ def train_adapter(params: list[torch.nn.Parameter], batch_loss: Callable[[torch.
             if not math.isfinite(losses[-1]):
                 raise SamplingDivergedError(f"non-finite adaptation loss ({losses[-1]}) at iteration {it + 1}; "
                                             "lower adapt_lr")
+            progress.report("adapting", it + 1, iters)
     finally:
         unet.eval()
     last = losses[-10:]

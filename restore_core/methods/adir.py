@@ -22,7 +22,10 @@ expected squared error, so the mean of N samples trades perception for about
 
 The adaptation seed is drawn from a *copy* of the row's generator, so one seed fixes the
 whole row and every arm samples with the same noise as ``gd`` (the paper compares arms at
-the same seed). Config fields used: adapt_iters, adapt_lr, adapt_batch, adapt_crop,
+the same seed); for the same reason a row whose adapter was saved before an interruption
+(``adaptation.adapt_or_resume``) resumes with it and gives the same image. Progress
+(``restore_core.progress``): ``adapting`` iterations, then ``sampling`` steps × samples
+(``work``). Config fields used: adapt_iters, adapt_lr, adapt_batch, adapt_crop,
 lora_rank, lora_alpha (Table 1 / ADIR §4 defaults), steps, guidance_scale, guidance_mode,
 sampler, noise_sigma, samples.
 """
@@ -31,7 +34,8 @@ from __future__ import annotations
 
 import torch
 
-from restore_core.adaptation import adapt_lora, lora_adapter
+from restore_core import progress
+from restore_core.adaptation import adapt_lora, adapt_or_resume, lora_adapter
 from restore_core.errors import MethodError
 from restore_core.methods.base import base_info, register, require_linear_operator
 from restore_core.operators import TASKS
@@ -62,13 +66,20 @@ class GuidedDiffusion:
             images = self._adaptation_images(y, model, neighbours)
             seed = _adaptation_seed(generator)
             with lora_adapter(model, cfg.lora_rank, cfg.lora_alpha, attention=cfg.lora_attention) as params:
-                adapt_info = adapt_lora(model, images, params, iters=cfg.adapt_iters, lr=cfg.adapt_lr,
-                                        batch_size=cfg.adapt_batch, crop_size=cfg.adapt_crop, seed=seed)
+                adapt_info = adapt_or_resume(model.unet, cfg.adapt_iters, lambda: adapt_lora(
+                    model, images, params, iters=cfg.adapt_iters, lr=cfg.adapt_lr, batch_size=cfg.adapt_batch,
+                    crop_size=cfg.adapt_crop, seed=seed))
                 x, sample_info = sample(y, operator, model, cfg, generator, structure)
             info.update(adapt_info)
             info["adapted_on"] = f"{len(images)} {'neighbours' if self.uses_neighbours else 'measurement(s) y'}"
         info.update(sample_info, stop_reason="steps")
         return x, info
+
+    def work(self, cfg) -> dict[str, int]:
+        """Units per progress stage (``restore_core.progress``): adaptation iterations, then
+        sampling steps × samples."""
+        adapting = {"adapting": cfg.adapt_iters} if self.adapt_on else {}
+        return adapting | {"sampling": cfg.steps * cfg.samples}
 
     def _adaptation_images(self, y, model, neighbours):
         if self.adapt_on == "neighbours":
@@ -86,7 +97,7 @@ def sample(y, operator, model, cfg, generator, structure=None) -> tuple[torch.Te
     Draws follow one another on the row's generator, so draw 1 is the single sample of the
     same seed. ``info["seconds_sample"]`` is the total over the draws."""
     total, info, seconds = None, {}, 0.0
-    for _ in range(cfg.samples):
+    for _ in progress.repeat(cfg.samples):
         if cfg.sampler == "alg1":
             x, info = guided_ddpm_sample(model, y, operator, scale=cfg.guidance_scale, steps=cfg.steps,
                                          generator=generator, scale_mode=cfg.guidance_mode)

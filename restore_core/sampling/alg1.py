@@ -1,7 +1,8 @@
 """ADIR's guided DDPM sampling for y = A x + e (ADIR, Algorithm 1, eq. 16-17).
 
-Owns ``guided_ddpm_sample`` and the guidance-scale defaults; imports the model wrapper
-and the schedule, never adaptation or jobs code.
+Owns ``guided_ddpm_sample`` and the guidance-scale defaults; imports the model wrapper,
+the schedule and ``restore_core.progress`` (each step is one unit of the tracked row's
+``sampling`` stage), never adaptation or jobs code.
 
 For i = n−1 … 0 over the (possibly respaced, ``restore_core.sampling.schedule``) chain:
 
@@ -51,6 +52,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from restore_core import progress
 from restore_core.errors import ConfigError, InputError, SamplingDivergedError
 from restore_core.models.pixel_unet import DiffusionModel
 
@@ -139,6 +141,7 @@ def guided_ddpm_sample(
         y = y.to(device=device, dtype=torch.float32)
     x = _noise(shape, generator).to(device)
     start = time.perf_counter()
+    progress.report("sampling", 0, n)
     with torch.no_grad():
         for i in reversed(range(n)):
             eps, log_var = model.eps_and_logvar(x, i, schedule)  # line 3
@@ -156,6 +159,7 @@ def guided_ddpm_sample(
                 mu = mu + step * g  # line 7 mean: μ̂ + s Σ̂ g (normalized: capped, see module doc)
             x = mu + (0.5 * log_var).exp() * _noise(shape, generator).to(device) if i > 0 else mu
             _check_finite(x, "x", n - i, n, schedule, s, scale_mode)
+            progress.report("sampling", n - i, n)
             if callback is not None:
                 callback(i, x)
     info = {"steps": n, "guidance_scale": s, "guidance_mode": scale_mode,

@@ -1,9 +1,10 @@
 """The field's standard samplers on our prior: DDRM, DiffPIR and DPS through deepinv.
 
 Owns ``SAMPLERS``, ``PriorDenoiser``, ``check_sampler`` and ``peer_sample``; imports
-torch, deepinv (lazily), the schedule-free model wrapper and ``svd_physics``; never the
-adaptation or jobs. ``sampler=alg1`` stays ADIR's Algorithm 1 (``sampling.alg1``); the
-other choices run deepinv 0.5.0's implementations unchanged:
+torch, deepinv (lazily), the schedule-free model wrapper, ``svd_physics`` and
+``restore_core.progress``; never the adaptation or jobs. ``sampler=alg1`` stays ADIR's
+Algorithm 1 (``sampling.alg1``); the other choices run deepinv 0.5.0's implementations
+unchanged:
 
 * ``ddrm``: Kawar et al., "Denoising Diffusion Restoration Models" (η = 0.85, η_b = 1),
   over ``svd_physics.decompose(operator)``;
@@ -33,15 +34,18 @@ generator. ``peer_sample`` seeds both from one integer drawn from the caller's g
 inside ``torch.random.fork_rng``, so one row seed fixes the output and the caller's
 global RNG is untouched. ``steps`` is the number of denoiser evaluations: DDRM runs at
 the σ of the respaced schedule's timesteps (``NoiseSchedule.respace``), DiffPIR and DPS
-use ``steps`` iterations of their own schedules.
+use ``steps`` iterations of their own schedules. Each denoiser call of ``peer_sample`` is
+one unit of the tracked row's ``sampling`` stage (``restore_core.progress``).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
 
+from restore_core import progress
 from restore_core.errors import ConfigError, InputError
 
 SAMPLERS = ("alg1", "ddrm", "diffpir", "dps")
@@ -166,8 +170,11 @@ def peer_sample(model, y: torch.Tensor, operator, sampler: str, steps: int | Non
     ones = torch.ones((1,) + tuple(operator.image_shape), device=device)
     y01 = (y + operator.A(ones)) / 2
     denoiser = PriorDenoiser(model)
+    calls = itertools.count(1)  # the tracked row's sampling steps: denoiser calls (DPS skips its last)
+    denoiser.register_forward_hook(lambda *_: progress.report("sampling", min(next(calls), steps), steps))
     seed = _seed(generator)
     start = time.perf_counter()
+    progress.report("sampling", 0, steps)
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
         torch.manual_seed(seed)
         runner = _build(sampler, denoiser, model, steps, sigma01, seed, device)
@@ -180,6 +187,7 @@ def peer_sample(model, y: torch.Tensor, operator, sampler: str, steps: int | Non
         from restore_core.errors import SamplingDivergedError
 
         raise SamplingDivergedError(f"sampler {sampler!r} produced NaN/inf after {steps} steps")
+    progress.report("sampling", steps, steps)
     info = {"steps": steps, "sampler": sampler, "noise_sigma_assumed": sigma255,
             "seconds_sample": time.perf_counter() - start}
     return x, info
