@@ -7,6 +7,9 @@ An index folder (written by ``jobs.build_index``) is one of two layouts:
   ``image_id``, ``uri``, thumbnails). Loaded whole in this process
   (``serving.ShardIndex``), or served by shard actors (``serving.FanOut``: pass
   ``shards=`` to :meth:`Retriever.load`).
+
+Either layout can instead be memory-mapped from one copy per node that every process on
+the node shares (``mmap=True``; ``index_builder.node_copy``).
 * **single file** (kinds ``hnsw``/``kdtree`` and indexes written before the parts layout):
   ``index.json`` + ``index.faiss`` / ``vectors.npy`` (:class:`RetrievalIndex`),
   ``ids.parquet`` (``image_id, uri`` per row) and ``thumbs.npy`` ((n, s, s, 3) uint8).
@@ -31,6 +34,7 @@ import torch
 
 from index_builder.embedder import load_embedder
 from index_builder.index import RetrievalIndex, spherical_distance
+from index_builder.node_copy import open_mapped
 from index_builder.serving import FanOut, ShardIndex, read_manifest, thumb_mse
 from restore_core import storage
 from restore_core.errors import InputError
@@ -73,12 +77,14 @@ class SingleFileIndex:
         return self._side
 
 
-def load_index(index_uri: str, shards: FanOut | None = None):
-    """The search backend of an index folder: ``shards`` if given, the merged parts, or the
-    single-file index (module doc)."""
+def load_index(index_uri: str, shards: FanOut | None = None, mmap: bool = False):
+    """The search backend of an index folder: ``shards`` if given, this node's memory-mapped
+    copy with ``mmap``, the merged parts, or the single-file index (module doc)."""
     manifest = read_manifest(index_uri)
     if shards is not None:
         backend = shards
+    elif mmap:
+        backend = open_mapped(index_uri)
     elif manifest.get("layout") == "parts":
         backend = ShardIndex.from_parts(index_uri)
     else:
@@ -124,10 +130,11 @@ class Retriever:
 
     @classmethod
     def load(cls, index_uri: str, device: str | None = None, embedder=None,
-             shards: FanOut | None = None) -> Retriever:
+             shards: FanOut | None = None, mmap: bool = False) -> Retriever:
         """Load an index folder; ``embedder`` overrides the spec recorded in it; ``shards``
-        (``serving.start_shard_servers`` / ``serving.connect``) serves it from shard actors."""
-        index = load_index(index_uri, shards)
+        (``serving.start_shard_servers`` / ``serving.connect``) serves it from shard actors;
+        ``mmap`` maps this node's shared copy (``node_copy.open_mapped``)."""
+        index = load_index(index_uri, shards, mmap)
         if embedder is None:
             embedder = recorded_embedder(index_uri)
         return cls(index, embedder, device=device)

@@ -8,11 +8,16 @@ codebooks, or an empty flat index) and ``parts/part-NNNNN.parquet`` (``image_id`
 for ``mode=mse``). Thumbnails thus live with the shards: whoever holds a shard holds its
 thumbnails, nobody loads all of them.
 
-* :class:`ShardIndex` — some parts added (``add_sa_codes``) to a copy of the trained empty
-  index, with their global row ids, ids/URIs and thumbnails. ``search`` answers in global
-  row ids; ``mse`` is the brute-force thumbnail search of ``Retriever``'s ``mse`` mode.
-  Holding every part, it is the merged index (what a single restore actor loads); once
-  loaded it moves to the GPU (``faiss.index_cpu_to_gpu``) when faiss has GPUs.
+* :class:`ShardIndex` — some parts added to a copy of the trained empty index, with their
+  global row ids, ids/URIs (an Arrow table, not Python strings) and thumbnails. ``search``
+  answers in global row ids; ``mse`` is the brute-force thumbnail search of ``Retriever``'s
+  ``mse`` mode. Holding every part, it is the merged index (what a single restore actor
+  loads); once loaded it moves to the GPU (``faiss.index_cpu_to_gpu``) when faiss has GPUs.
+  :meth:`ShardIndex.from_parts` sizes the storage before filling it (:func:`allocate_storage`): the
+  parts' per-list counts are read first, every inverted list (or the flat code array) is
+  allocated once at its final size and the codes are copied in place. Appending part after
+  part (``add_sa_codes``) grows each list by reallocation, which left a server at about
+  1.8× its code bytes.
 * :class:`FanOut` — the same interface over several ``ShardIndex`` holders (Ray actors, or
   plain objects in tests): every query goes to every shard and the per-shard top-K are
   merged exactly (``index_builder.tuning.merge_topk``), so a fan-out answers what the merged
@@ -22,11 +27,11 @@ thumbnails, nobody loads all of them.
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_builder.index import gpu_if_available
@@ -56,12 +61,76 @@ def load_trained(index_uri: str):
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
+def read_part(index_uri: str, i: int, columns: list[str] | None = None) -> pa.Table:
+    """Part ``i`` of a parts-layout index (``columns``: only those)."""
+    fs, path = storage.filesystem(part_uri(index_uri, i))
+    with fs.open(path, "rb") as fh:
+        return pq.read_table(fh, columns=columns)
+
+
 def fixed_binary_to_uint8(col) -> np.ndarray:
     """(n, width) uint8 view of a fixed-size-binary Arrow column (codes, thumbnails)."""
     col = col.combine_chunks() if hasattr(col, "combine_chunks") else col
     width = col.type.byte_width
     return np.frombuffer(col.buffers()[1], np.uint8, count=len(col) * width,
                          offset=col.offset * width).reshape(len(col), width)
+
+
+def list_numbers(ivf, codes: np.ndarray) -> np.ndarray:
+    """Inverted-list number of each IVF standalone code (``sa_encode``): its first
+    ``coarse_code_size`` bytes, little-endian (faiss ``Level1Quantizer::encode_listno``)."""
+    n = ivf.coarse_code_size()
+    return (codes[:, :n].astype(np.int64) << (8 * np.arange(n, dtype=np.int64))).sum(1)
+
+
+def list_sizes(index_uri: str, parts: list[int], ivf) -> np.ndarray:
+    """Entries per inverted list of ``ivf`` over ``parts`` (read from their code columns)."""
+    sizes = np.zeros(ivf.nlist, np.int64)
+    for i in parts:
+        codes = fixed_binary_to_uint8(read_part(index_uri, i, ["code"]).column("code"))
+        sizes += np.bincount(list_numbers(ivf, codes), minlength=ivf.nlist)
+    return sizes
+
+
+def allocate_storage(index, list_sizes: np.ndarray | None, total: int) -> None:
+    """Allocate ``index``'s storage once at its final size, empty: each inverted list of an
+    IVF index at ``list_sizes[j]`` entries (``resize`` of ``ArrayInvertedLists`` or of
+    faiss's ``OnDiskInvertedLists``), the code array of a flat index at ``total`` codes.
+    :func:`fill_storage` then copies codes in place; ``ntotal`` counts what was filled."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        index.codes.resize(total * index.code_size)
+    else:
+        for j, size in enumerate(list_sizes):
+            ivf.invlists.resize(j, int(size))
+    index.ntotal = 0
+
+
+def fill_storage(index, codes: np.ndarray, filled: np.ndarray | None) -> None:
+    """Copy standalone ``codes`` into storage sized by :func:`allocate_storage`, after what is there:
+    flat codes at row ``ntotal``; IVF codes (list number stripped) at offset ``filled[j]``
+    of their list ``j``, with ids ``ntotal …`` in part order (``filled`` is updated)."""
+    import faiss
+
+    n, start = len(codes), int(index.ntotal)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        view = faiss.rev_swig_ptr(index.codes.data(), index.codes.size())
+        view[start * index.code_size:(start + n) * index.code_size] = np.ascontiguousarray(codes).reshape(-1)
+    elif n:
+        lists = list_numbers(ivf, codes)
+        order = np.argsort(lists, kind="stable")
+        ids = (start + order).astype(np.int64)
+        body = np.ascontiguousarray(codes[order, ivf.coarse_code_size():])
+        bounds = np.searchsorted(lists[order], np.arange(ivf.nlist + 1))
+        for j in np.flatnonzero(np.diff(bounds)):
+            a, b = bounds[j], bounds[j + 1]
+            ivf.invlists.update_entries(int(j), int(filled[j]), int(b - a), faiss.swig_ptr(ids[a:b]),
+                                        faiss.swig_ptr(body[a:b]))
+            filled[j] += b - a
+    index.ntotal = start + n
 
 
 def set_search_params(index, kind: str, params: dict) -> None:
@@ -77,6 +146,21 @@ def set_search_params(index, kind: str, params: dict) -> None:
         index.hnsw.efSearch = int(params["efSearch"])
 
 
+def process_memory() -> dict:
+    """This process's memory in bytes from ``/proc/self/smaps_rollup``: ``rss_bytes``,
+    ``pss_bytes`` (shared pages divided among the processes mapping them), ``uss_bytes``
+    (private pages) and ``anon_bytes`` (anonymous memory: what no other process can share)."""
+    fields = {}
+    with open("/proc/self/smaps_rollup") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return {"rss_bytes": fields.get("Rss", 0), "pss_bytes": fields.get("Pss", 0),
+            "uss_bytes": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+            "anon_bytes": fields.get("Anonymous", 0)}
+
+
 def thumb_mse(thumbs: np.ndarray, global_ids: np.ndarray, query: np.ndarray, k: int):
     """(rms distances (1, k), global ids (1, k)) of the ``k`` thumbnails (n, s·s·3 uint8)
     nearest to ``query`` (s·s·3 floats in [0, 1]), by brute force in chunks."""
@@ -88,43 +172,61 @@ def thumb_mse(thumbs: np.ndarray, global_ids: np.ndarray, query: np.ndarray, k: 
 
 
 class ShardIndex:
-    """Parts of one index in this process (module doc)."""
+    """Parts of one index in this process (module doc). ``index`` is the faiss index to fill
+    (a clone of the trained empty one) or already filled (``index_builder.node_copy``)."""
 
-    def __init__(self, kind: str, params: dict, trained, threads: int | None = None):
+    def __init__(self, kind: str, params: dict, index, threads: int | None = None):
         import faiss
 
         if threads:
             faiss.omp_set_num_threads(threads)
         self.kind, self.params = kind, dict(params)
-        self.index = faiss.clone_index(trained)
+        self.index = index
         self.dim = self.index.d
         self.global_ids = np.zeros(0, np.int64)
-        self.image_ids: list[str] = []
-        self.uris: list[str] = []
+        self.row_tables: list[pa.Table] = []  # image_id, uri per part, in order
         self.thumbs: list[np.ndarray] = []
-        self._lookup: dict | None = None
+        self._lookup: tuple | None = None
+        self._filled: np.ndarray | bool | None = None  # set by presize
 
     @classmethod
     def from_parts(cls, index_uri: str, parts: list[int] | None = None, threads: int | None = None) -> ShardIndex:
-        """Load ``parts`` (default: all) of a parts-layout index folder."""
+        """Load ``parts`` (default: all) of a parts-layout index folder into storage pre-sized
+        from the parts' list counts (module doc)."""
+        import faiss
+
         m = read_manifest(index_uri)
-        shard = cls(m["kind"], m["params"], load_trained(index_uri), threads)
-        for i in range(len(m["parts"])) if parts is None else parts:
-            table = pq.read_table(io.BytesIO(storage.read_bytes(part_uri(index_uri, i))))
+        parts = list(range(len(m["parts"]))) if parts is None else list(parts)
+        shard = cls(m["kind"], m["params"], faiss.clone_index(load_trained(index_uri)), threads)
+        shard.presize(index_uri, parts, sum(m["parts"][i]["rows"] for i in parts))
+        for i in parts:
+            table = read_part(index_uri, i)
             shard.add_part(fixed_binary_to_uint8(table.column("code")), m["parts"][i]["offset"],
-                           table.column("image_id").to_pylist(), table.column("uri").to_pylist(),
+                           table.select(["image_id", "uri"]),
                            fixed_binary_to_uint8(table.column("thumbnail"))
                            if "thumbnail" in table.column_names else None)
         shard.index = gpu_if_available(shard.index)  # faiss on GPU when this build sees one
         return shard
 
-    def add_part(self, codes: np.ndarray, offset: int, image_ids: list[str], uris: list[str],
-                 thumbs: np.ndarray | None) -> None:
-        """Append one part's standalone codes; its rows are ``offset … offset + n − 1``."""
-        self.index.add_sa_codes(np.ascontiguousarray(codes))
+    def presize(self, index_uri: str, parts: list[int], total: int) -> None:
+        """Size the empty index for ``parts`` (their list counts read from the code columns);
+        :meth:`add_part` then fills in place."""
+        import faiss
+
+        ivf = faiss.try_extract_index_ivf(self.index)
+        allocate_storage(self.index, None if ivf is None else list_sizes(index_uri, parts, ivf), total)
+        self._filled = np.zeros(ivf.nlist, np.int64) if ivf is not None else True
+
+    def add_part(self, codes: np.ndarray, offset: int, rows: pa.Table, thumbs: np.ndarray | None) -> None:
+        """Append one part's standalone codes (into the pre-sized storage after
+        :meth:`presize`, else by faiss ``add_sa_codes``); its rows are ``offset … offset + n − 1``,
+        ``rows`` their ``image_id, uri``."""
+        if self._filled is None:
+            self.index.add_sa_codes(np.ascontiguousarray(codes))
+        else:
+            fill_storage(self.index, codes, None if self._filled is True else self._filled)
         self.global_ids = np.concatenate([self.global_ids, offset + np.arange(len(codes), dtype=np.int64)])
-        self.image_ids += image_ids
-        self.uris += uris
+        self.row_tables.append(rows)
         if thumbs is not None:
             self.thumbs.append(thumbs)
         self._lookup = None
@@ -133,13 +235,20 @@ class ShardIndex:
     def count(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def image_ids(self) -> list[str]:
+        return [x for t in self.row_tables for x in t.column("image_id").to_pylist()]
+
     def ready(self) -> dict:
-        """Rows held, process id and resident bytes (for the serving memory report)."""
+        """Rows held, process id, memory (:func:`process_memory`) and the bytes of the codes and
+        ids the index stores (for the serving memory report)."""
         import os
 
-        with open("/proc/self/status") as fh:
-            rss = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
-        return {"rows": self.count, "pid": os.getpid(), "rss_bytes": rss}
+        import faiss
+
+        ivf = faiss.try_extract_index_ivf(self.index)
+        per_row = ivf.code_size + 8 if ivf is not None else getattr(self.index, "code_size", 4 * self.dim)
+        return {"rows": self.count, "pid": os.getpid(), "code_bytes": self.count * per_row} | process_memory()
 
     def search(self, queries: np.ndarray, k: int, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(‖q − v‖ float32, global row ids) of the ``k`` nearest in this shard; −1 / inf pad."""
@@ -161,10 +270,21 @@ class ShardIndex:
 
     def rows(self, global_ids) -> list[tuple[str, str] | None]:
         """``(image_id, uri)`` of global rows held here (None for rows of other shards)."""
-        if self._lookup is None:
-            self._lookup = {int(g): j for j, g in enumerate(self.global_ids)}
-        return [(self.image_ids[j], self.uris[j]) if (j := self._lookup.get(int(g))) is not None else None
-                for g in global_ids]
+        if self._lookup is None:  # row positions by global id (no copies when parts came in order)
+            ids = self.global_ids
+            order = None if np.all(ids[1:] > ids[:-1]) else np.argsort(ids, kind="stable")
+            table = pa.concat_tables(self.row_tables) if len(self.row_tables) != 1 else self.row_tables[0]
+            self.row_tables, self._lookup = [table], (order, ids if order is None else ids[order])
+        order, sorted_ids = self._lookup
+        g = np.asarray(list(global_ids), np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, g), max(len(sorted_ids) - 1, 0))
+        held = (sorted_ids[pos] == g) if len(sorted_ids) else np.zeros(len(g), bool)
+        at = pos[held] if order is None else order[pos[held]]
+        found = self.row_tables[0].take(pa.array(at, pa.int64())).to_pylist()
+        out: list[tuple[str, str] | None] = [None] * len(g)
+        for j, r in zip(np.flatnonzero(held), found):
+            out[j] = (r["image_id"], r["uri"])
+        return out
 
     def thumb_size(self) -> int | None:
         return int(round((self.thumbs[0].shape[1] / 3) ** 0.5)) if self.thumbs else None

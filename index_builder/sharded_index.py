@@ -96,7 +96,7 @@ class PartWorker:
         faiss.omp_set_num_threads(threads)
         self.trained = faiss.deserialize_index(np.frombuffer(trained_bytes, dtype=np.uint8))
         self.trained_key, self.output = trained_key, output
-        self.shard = ShardIndex(kind, params, self.trained)
+        self.shard = ShardIndex(kind, params, faiss.clone_index(self.trained))
         self.queries, self.k = queries, k
 
     def ready(self) -> int:
@@ -114,19 +114,20 @@ class PartWorker:
         uri = part_uri(self.output, i)
         reused = part_key_of(uri) == key
         thumbs = None if data.thumbs is None else fixed_binary_to_uint8(data.thumbs)
+        rows = pa.table({"image_id": pa.array(data.image_ids, pa.string()), "uri": pa.array(data.uris, pa.string())})
         if reused:
             table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["code"])
             codes = fixed_binary_to_uint8(table.column("code"))
         else:
             codes = self.trained.sa_encode(data.vectors) if n else np.zeros((0, self.trained.sa_code_size()), np.uint8)
             code_type = pa.binary(codes.shape[1])
-            cols = {"image_id": pa.array(data.image_ids, pa.string()), "uri": pa.array(data.uris, pa.string()),
+            cols = {"image_id": rows.column("image_id"), "uri": rows.column("uri"),
                     "code": pa.FixedSizeBinaryArray.from_buffers(code_type, n, [None, pa.py_buffer(codes.tobytes())])}
             if data.thumbs is not None:
                 cols["thumbnail"] = data.thumbs
             table = pa.table(cols).replace_schema_metadata({KEY_FIELD: key.encode()})
             storage.atomic_write_bytes(uri, _parquet_bytes(table))
-        self.shard.add_part(codes, offset, data.image_ids, data.uris, thumbs)
+        self.shard.add_part(codes, offset, rows, thumbs)
         kk = min(self.k, n)
         d2, local = faiss.knn(self.queries, data.vectors, kk) if kk else (np.zeros((len(self.queries), 0)),) * 2
         exact = (np.sqrt(np.maximum(d2, 0)).astype(np.float32), np.asarray(local, np.int64) + offset)

@@ -188,9 +188,11 @@ def test_usage_errors_exit_2_before_work(case, tiny_prior, photo_dir, tmp_path, 
     assert not out.exists(), "nothing may be written before validation passes"
 
 
-def test_index_served_by_shard_actors_gives_the_same_rows(ray_cluster, tiny_prior, photo_dir, tmp_path, capsys):
-    """``index_servers=1``: the restore actors query a shard actor instead of loading the
-    index; the neighbours and the restored images are the same as with the index loaded."""
+def test_index_served_by_shard_actors_gives_the_same_rows(ray_cluster, tiny_prior, photo_dir, tmp_path, capsys,
+                                                           monkeypatch):
+    """Every way of serving the index gives the rows of the loaded index (same neighbours,
+    same restored bytes): ``index_servers=1`` (the restore actors query a shard actor) and
+    ``index_mmap=true`` (they map the node's copy, written once under $ADIR_CACHE)."""
     import pyarrow.parquet as pq
 
     from index_builder.embedder import load_embedder
@@ -208,15 +210,22 @@ def test_index_served_by_shard_actors_gives_the_same_rows(ray_cluster, tiny_prio
 
     manifest = write_manifest_file(manifest_rows(photo_dir, "sr4", "adir", n=2), tmp_path / "m.parquet")
     sets = [*TINY, f"index={index}"]
+    monkeypatch.setenv("ADIR_CACHE", str(tmp_path / "cache"))  # forwarded to the restore actors
     results = {}
-    for servers in (0, 1):
-        out = tmp_path / f"out{servers}"
+    for serving in ("index_servers=0", "index_servers=1", "index_mmap=true"):
+        out = tmp_path / serving
         code, stdout, stderr = run_restore(capsys, manifest, str(out), "--workers", "1", prior=tiny_prior,
-                                           sets=[*sets, f"index_servers={servers}"])
+                                           sets=[*sets, serving])
         assert code == 0, stdout + stderr
-        assert ("index served by 1 shard actors" in stdout) == bool(servers)
-        results[servers] = read_results(str(out)).sort_values("image_id")
-    assert results[0].neighbour_ids.map(list).tolist() == results[1].neighbour_ids.map(list).tolist()
-    assert all(len(n) == 2 for n in results[1].neighbour_ids)
-    for rel in results[0].output_path:
-        assert (tmp_path / "out0" / rel).read_bytes() == (tmp_path / "out1" / rel).read_bytes()
+        assert ("index served by 1 shard actors" in stdout) == (serving == "index_servers=1")
+        results[serving] = read_results(str(out)).sort_values("image_id")
+    assert len(list((tmp_path / "cache" / "index-mmap").glob("*/index.faiss"))) == 1
+    loaded = results.pop("index_servers=0")
+    assert all(len(n) == 2 for n in loaded.neighbour_ids)
+    for serving, got in results.items():
+        assert got.neighbour_ids.map(list).tolist() == loaded.neighbour_ids.map(list).tolist(), serving
+        for rel in loaded.output_path:
+            assert (tmp_path / "index_servers=0" / rel).read_bytes() == (tmp_path / serving / rel).read_bytes()
+    code, _, stderr = run_restore(capsys, manifest, str(tmp_path / "both"), prior=tiny_prior,
+                                  sets=[*sets, "index_servers=1", "index_mmap=true"])
+    assert code == 2 and "index_mmap and index_servers are two ways" in stderr

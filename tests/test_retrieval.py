@@ -17,12 +17,19 @@ from restore_core.images import read_image
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory):
+def corpus(tmp_path_factory):
+    """(folder, crop rows, embedder spec, embeddings table with thumbnails)."""
     root = tmp_path_factory.mktemp("retrieval")
     rows = export_crops(str(root / "photos"), "train", 24, 32, seed=3)
     spec = save_tiny_embedder(str(root / "embedder"), seed=1)
     emb, skipped = embed_rows(load_embedder(spec), [r[0] for r in rows], [r[1] for r in rows], thumb_size=8)
     assert skipped.num_rows == 0
+    return root, rows, spec, emb
+
+
+@pytest.fixture(scope="module")
+def index_dir(corpus):
+    root, rows, spec, emb = corpus
     write_index_folder(f"file://{root}/index", emb, spec, kind="kdtree")
     return f"file://{root}/index", rows
 
@@ -57,3 +64,24 @@ def test_retrieval_bad_inputs(index_dir, tmp_path):
     r = Retriever.load(uri)
     with pytest.raises(InputError, match="unknown retrieval mode"):
         r.neighbours(torch.zeros(1, 3, 8, 8), 2, mode="lpips")
+
+
+def test_memory_mapped_copy_gives_the_loaded_neighbours(corpus, index_dir, tmp_path, monkeypatch):
+    """``mmap=True`` on a single-file index (hnsw here; parts layouts: tests/test_sharded_index)
+    gives the neighbours of the loaded index in every mode, thumbnails mapped, not read; a
+    k-d tree (rebuilt in memory on load) is refused."""
+    from index_builder import node_copy
+    from restore_core.errors import ConfigError
+
+    _, rows, spec, emb = corpus
+    hnsw = str(tmp_path / "hnsw")
+    write_index_folder(hnsw, emb, spec, kind="hnsw")
+    monkeypatch.setattr(node_copy.storage, "DEFAULT_CACHE", str(tmp_path / "cache"))
+    loaded, mapped = Retriever.load(hnsw), Retriever.load(hnsw, mmap=True)
+    assert isinstance(mapped.index.thumbs[0], np.memmap)
+    for i in (0, 5, 17):
+        y = read_image(rows[i][1])
+        for mode in ("clip", "mse"):
+            assert mapped.neighbours(y, 5, mode=mode) == loaded.neighbours(y, 5, mode=mode)
+    with pytest.raises(ConfigError, match="k-d tree .* cannot be memory-mapped"):
+        Retriever.load(index_dir[0], mmap=True)

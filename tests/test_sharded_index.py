@@ -10,9 +10,11 @@ import pytest
 
 from index_builder.embedding_source import open_source
 from index_builder.index import build_index
+from index_builder.node_copy import open_mapped
 from index_builder.retrieval import load_index
 from index_builder.serving import (
     ShardIndex,
+    fixed_binary_to_uint8,
     load_trained,
     part_uri,
     start_shard_servers,
@@ -31,11 +33,13 @@ def clustered(n, d=16, seed=0):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_parquet_shards(folder, x, n_shards, prefix="img", drop=None):
+def write_parquet_shards(folder, x, n_shards, prefix="img", drop=None, thumbs=False):
     os.makedirs(folder, exist_ok=True)
     for s, rows in enumerate(np.array_split(np.arange(len(x)), n_shards)):
         cols = {"image_id": [f"{prefix}{r:05d}" for r in rows], "uri": [f"file:///c/{prefix}{r:05d}.png" for r in rows],
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[rows].reshape(-1)), x.shape[1])}
+        if thumbs:  # 2x2 RGB thumbnails made from the vector, so mse neighbours differ by row
+            cols["thumbnail"] = pa.array([bytes((x[r, :12] * 127 + 128).astype(np.uint8)) for r in rows], pa.binary(12))
         if drop:
             cols.pop(drop)
         pq.write_table(pa.table(cols), os.path.join(folder, f"part-{s:05d}.parquet"))
@@ -140,3 +144,47 @@ def test_interrupted_build_redoes_only_missing_parts_and_content_changes(vectors
     index = ShardIndex.from_parts(out)
     assert index.image_ids[:3] == ["new00000", "new00001", "new00002"]
     assert index.search(swapped[[800]], 1, {"nprobe": 32})[1][0, 0] == 800
+
+
+@pytest.mark.parametrize("kind,params", [("flat", None), ("ivf", {"nlist": 32}), ("ivfpq", {"nlist": 32, "m": 4})])
+def test_presized_load_and_node_copy_equal_the_appended_index(vectors, tmp_path, kind, params):
+    """``ShardIndex.from_parts`` (storage sized once, codes copied in place) and the node's
+    memory-mapped copy (``node_copy.open_mapped``) answer exactly what appending the parts
+    one by one (faiss ``add_sa_codes``) answers: neighbours, distances, list contents, rows,
+    thumbnails; the mapped copy's codes are the file's pages, not the process's."""
+    import faiss
+
+    write_parquet_shards(tmp_path / "emb", vectors, 3, thumbs=True)
+    out = str(tmp_path / "index")
+    m = build_from_shards(open_source(str(tmp_path / "emb")), out, kind, workers=0, params=params)
+    appended = ShardIndex(m["kind"], m["params"], faiss.clone_index(load_trained(out)))
+    for i, p in enumerate(m["parts"]):
+        table = pq.read_table(part_uri(out, i))
+        appended.add_part(fixed_binary_to_uint8(table.column("code")), p["offset"], table.select(["image_id", "uri"]),
+                          fixed_binary_to_uint8(table.column("thumbnail")))
+    presized = ShardIndex.from_parts(out)
+    mapped = open_mapped(out, str(tmp_path / "cache"))
+    assert open_mapped(out, str(tmp_path / "cache")).count == len(vectors)  # the copy is reused
+    assert len(list((tmp_path / "cache").glob("index-mmap/*/rows.arrow"))) == 1
+    q = clustered(40, seed=9)
+    d0, i0 = appended.search(q, 20, {"nprobe": 4})
+    for other in (presized, mapped):
+        d, i = other.search(q, 20, {"nprobe": 4})
+        assert np.array_equal(i, i0) and np.array_equal(d, d0)
+        assert other.rows([0, 1999, 2999]) == appended.rows([0, 1999, 2999]) == [
+            ("img00000", "file:///c/img00000.png"), ("img01999", "file:///c/img01999.png"),
+            ("img02999", "file:///c/img02999.png")]
+        t = np.full(12, 0.5, np.float32)
+        assert [np.array_equal(a, b) for a, b in zip(other.mse(t, 5), appended.mse(t, 5))] == [True, True]
+    ivf = faiss.try_extract_index_ivf(mapped.index)
+    if ivf is None:
+        assert not mapped.index.codes.is_owned
+        assert np.array_equal(faiss.vector_to_array(presized.index.codes), faiss.vector_to_array(appended.index.codes))
+    else:
+        assert isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+        lists = [faiss.try_extract_index_ivf(x.index).invlists for x in (appended, presized, mapped)]
+        for j in range(ivf.nlist):
+            n = lists[0].list_size(j)
+            assert [il.list_size(j) for il in lists] == [n] * 3
+            got = [faiss.rev_swig_ptr(il.get_codes(j), n * ivf.code_size).copy() for il in lists]
+            assert all(np.array_equal(g, got[0]) for g in got[1:])

@@ -16,6 +16,19 @@ retrieval of degraded queries.
   anything else is loaded), the build's recall; then, loading the parts in this process,
   recall@K on held-out generator queries against exact search (streamed shard by shard),
   ms/query single and batched, and cKDTree over the same vectors unless ``--no-kdtree``.
+* ``--what serving`` — the three ways restore actors reach a parts-layout index
+  (``--index``, default ``<output>/sharded_index``, e.g. the ``sharded`` bench's), each
+  from ``--actors`` Ray actors standing in for restore actors (one faiss thread each):
+  ``load`` (each actor loads the whole index; one actor is measured, the cost is per
+  actor), ``servers`` (``--workers`` shard servers, pre-sized; the actors query them) and
+  ``mmap`` (the node copy, written once by the first actor, mapped by all). Per option:
+  open seconds, ms/query single and batched on the ``--queries`` held-out queries, ms per
+  row's lookup (one query + its K rows), the actors' memory (RSS, PSS, USS, anonymous, from
+  ``/proc/self/smaps_rollup``; grown since before the open = the index state) after the
+  queries and again after one query has scanned every list (``nprobe = nlist``: what a long
+  job eventually touches), the servers' RSS against their code bytes, and whether every
+  option returns the same neighbours (each option's are kept in ``<output>/serving-ids/``,
+  and options measured by separate runs accumulate in ``serving.json``).
 * ``--what p4`` — the Ray embedding build of the same crop corpus with 1 and then 2 workers;
   images/s and images/s per worker (actor start-up excluded).
 * ``--what degraded`` — a corpus of clean crops of every bundled photo; queries are held-out
@@ -28,6 +41,7 @@ Writes the JSON of each part to ``--output`` (default ``runs/bench_index``). Exa
     adir bench index --what p1 --n 200000
     adir bench index --what p4 --images 256
     adir bench index --what degraded -k 20
+    adir bench index --what serving --index OUT/sharded_index --output OUT --actors 4
 """
 
 from __future__ import annotations
@@ -66,7 +80,10 @@ def kdtree_baseline(x: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: in
             "queries_timed": n_queries, "build_seconds": round(build, 2)}
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--what", default="p1", choices=("p1", "p4", "degraded", "shards", "sharded"))
+    p.add_argument("--what", default="p1", choices=("p1", "p4", "degraded", "shards", "sharded", "serving"))
+    p.add_argument("--index", default=None, help="serving: parts-layout index (default <output>/sharded_index)")
+    p.add_argument("--serving", default="servers,load,mmap", help="serving: options to measure, in order")
+    p.add_argument("--actors", type=int, default=4, help="serving: restore-actor stand-ins (servers, mmap)")
     p.add_argument("--shards-dir", default="runs/bench_index/shards", help="shards/sharded: the shard folder")
     p.add_argument("--shard-rows", type=int, default=100_000, help="shards: rows per shard")
     p.add_argument("--workers", type=int, default=2, help="sharded: index-building actors")
@@ -273,6 +290,116 @@ def bench_sharded(args) -> dict:
     return result
 
 
+class ServingProbe:
+    """Ray actor body of ``--what serving``: a restore actor's view of the index, opened one
+    way; memory is measured against the process before the open (libraries imported)."""
+
+    def __init__(self):
+        import faiss
+
+        from index_builder import node_copy, serving  # noqa: F401  (imported before the baseline)
+
+        faiss.omp_set_num_threads(1)
+        self.base = serving.process_memory()
+
+    def open(self, index_uri: str, option: str, cache: str, name: str | None = None, servers: int = 0) -> float:
+        from index_builder import node_copy, serving
+
+        start = time.perf_counter()
+        if option == "load":
+            self.index = serving.ShardIndex.from_parts(index_uri, threads=1)
+        elif option == "mmap":
+            self.index = node_copy.open_mapped(index_uri, cache)
+        else:
+            self.index = serving.connect(index_uri, name, servers)
+        return time.perf_counter() - start
+
+    def query(self, q: np.ndarray, k: int) -> dict:
+        start = time.perf_counter()
+        ids = self.index.search(q, k)[1]
+        batched = (time.perf_counter() - start) / len(q) * 1000
+        single = _time_single(self.index.search, q[:100], k)
+        start = time.perf_counter()
+        for row in q[:100]:
+            self.index.rows(self.index.search(row[None], k)[1][0])
+        lookup = (time.perf_counter() - start) / min(100, len(q)) * 1000
+        return {"ids": ids, "ms_per_query_batched": round(batched, 3), "ms_per_query_single": round(single, 3),
+                "ms_per_row_lookup": round(lookup, 3)}
+
+    def scan_all(self, q: np.ndarray, k: int, nlist: int) -> None:
+        self.index.search(q[:1], k, {"nprobe": nlist})
+
+    def memory(self) -> dict:
+        from index_builder.serving import process_memory
+
+        now = process_memory()
+        return now | {f"index_{key}": now[key] - self.base[key] for key in now}
+
+
+def bench_serving(args) -> dict:
+    import ray
+
+    from index_builder.serving import read_manifest, start_shard_servers
+
+    index_uri = args.index or os.path.join(args.output, "sharded_index")
+    m = read_manifest(index_uri)
+    k, cache = args.k, os.path.join(args.output, "cache")
+    q = clustered_vectors(args.queries, m["dim"], args.clusters, seed=args.seed, members_seed=args.seed + 1)
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    probe = ray.remote(num_cpus=0)(ServingProbe)
+    gib = 2 ** 30
+    result: dict = {"n": m["count"], "dim": m["dim"], "kind": m["kind"], "params": m["params"], "k": k,
+                    "queries": len(q), "actors": args.actors}
+    previous = Path(args.output) / "serving.json"
+    if previous.exists() and json.loads(previous.read_text()).get("index") == index_uri:
+        result = json.loads(previous.read_text()) | result
+    result["index"] = index_uri
+    ids_dir = Path(args.output) / "serving-ids"
+    ids_dir.mkdir(parents=True, exist_ok=True)
+    for option in args.serving.split(","):
+        servers, extra = [], {}
+        if option == "servers":
+            start = time.perf_counter()
+            fan = start_shard_servers(index_uri, args.workers, name="bench-serving", cpus=0, threads=1)
+            servers = fan.shards
+            extra = {"servers": [{"rows": s["rows"], "code_gib": round(s["code_bytes"] / gib, 3),
+                                  "rss_gib": round(s["rss_bytes"] / gib, 3),
+                                  "rss_over_codes": round(s["rss_bytes"] / s["code_bytes"], 3)}
+                                 for s in fan.server_stats], "start_seconds": round(time.perf_counter() - start, 1)}
+        n_actors = 1 if option == "load" else args.actors
+        actors = [probe.remote() for _ in range(n_actors)]
+        opened = [ray.get(actors[0].open.remote(index_uri, option, cache, "bench-serving", len(servers)))]
+        opened += ray.get([a.open.remote(index_uri, option, cache, "bench-serving", len(servers))
+                           for a in actors[1:]])
+        answers = ray.get([a.query.remote(q, k) for a in actors])
+        memory = ray.get([a.memory.remote() for a in actors])
+        if m["kind"] in ("ivf", "ivfpq"):
+            ray.get([a.scan_all.remote(q, k, m["params"]["nlist"]) for a in actors])
+        scanned = ray.get([a.memory.remote() for a in actors])
+        ids = answers[0].pop("ids")
+        np.save(ids_dir / f"{option}.npy", ids)
+        same = {p.stem: bool(np.array_equal(np.load(p), ids)) for p in sorted(ids_dir.glob("*.npy"))
+                if p.stem != option}
+        result[option] = extra | {
+            "open_seconds": [round(x, 2) for x in opened],
+            "actors_agree": all(np.array_equal(a.pop("ids"), ids) for a in answers[1:]),
+            "same_neighbours_as": same,
+            **answers[0],
+            "actor_gib_after_queries": _memory_gib(memory),
+            "actor_gib_after_full_scan": _memory_gib(scanned)}
+        log.info("%s: %s", option, result[option])
+        for a in actors + servers:
+            ray.kill(a)
+    ray.shutdown()
+    return result
+
+
+def _memory_gib(stats: list[dict]) -> dict:
+    """Per-actor memory lists in GiB, for the keys of ``ServingProbe.memory``."""
+    return {key: [round(s[key] / 2 ** 30, 3) for s in stats] for key in stats[0]}
+
+
 def bench_p4(args) -> dict:
     import ray
 
@@ -331,12 +458,12 @@ def bench_degraded(args) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.what not in ("shards", "sharded"):  # those never load torch (driver RSS is measured)
+    if args.what not in ("shards", "sharded", "serving"):  # those never load torch (driver RSS is measured)
         import torch
 
         torch.set_num_threads(1)
     runner = {"p1": bench_p1, "p4": bench_p4, "degraded": bench_degraded, "shards": bench_shards,
-              "sharded": bench_sharded}[args.what]
+              "sharded": bench_sharded, "serving": bench_serving}[args.what]
     result = runner(args)
     result["command"] = "adir " + " ".join(sys.argv[1:])
     Path(args.output).mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,9 @@ gpus_per_worker     GPUs per actor (default 0; > 0 runs the model on CUDA)
 cpus_per_worker     CPUs per actor; null = spread the cluster's CPUs over the workers
 index_servers       0 = every actor loads the index; N > 0 = N shard actors hold a parts-layout
                     index and the restore actors query them (fan-out, exact top-K merge)
+index_mmap          true = the actors of a node memory-map one node-local copy of the index
+                    (``index_builder.node_copy``; written once per node under $ADIR_CACHE),
+                    sharing it through the page cache; not with index_servers
 device              auto (cuda when gpus_per_worker > 0) | cpu | cuda
 preset              fast | paper | null: the base RestoreConfig before overrides
 restore             a section of ``RestoreConfig`` keys (k, steps, adapt_iters, shred.iters…)
@@ -38,8 +41,8 @@ from restore_core.config import RestoreConfig, parse_overrides, preset_values
 from restore_core.errors import ConfigError, InputError
 
 DEVICES = ("auto", "cpu", "cuda")
-JOB_KEYS = ("model", "index", "embedder", "workers", "gpus_per_worker", "cpus_per_worker", "index_servers", "device",
-            "preset")
+JOB_KEYS = ("model", "index", "embedder", "workers", "gpus_per_worker", "cpus_per_worker", "index_servers",
+            "index_mmap", "device", "preset")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class JobConfig:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
     index_servers: int = 0
+    index_mmap: bool = False
     device: str = "auto"
     preset: str | None = None
     restore: RestoreConfig = field(default_factory=RestoreConfig)
@@ -79,6 +83,13 @@ class JobConfig:
                     or (key == "cpus_per_worker" and value == 0):
                 raise ConfigError(f"bad value for {key}: {value!r}; must be a number "
                                   f"{'> 0' if key == 'cpus_per_worker' else '>= 0'}")
+        if not isinstance(self.index_mmap, bool):
+            raise ConfigError(f"bad value for index_mmap: {self.index_mmap!r}; must be true or false")
+        if self.index_mmap and self.index_servers:
+            raise ConfigError("index_mmap and index_servers are two ways to serve the index; set one of them")
+        if self.index_mmap and not storage.is_local(storage.DEFAULT_CACHE):
+            raise ConfigError(f"index_mmap maps a node-local copy of the index under $ADIR_CACHE, which must be a "
+                              f"local folder; got {storage.DEFAULT_CACHE}")
         if self.device not in DEVICES:
             raise ConfigError(f"bad value for device: {self.device!r}; accepted: {', '.join(DEVICES)}")
         for key in ("model", "index"):

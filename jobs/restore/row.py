@@ -108,7 +108,7 @@ def load_context(job: JobConfig, index_service: str | None = None) -> WorkerCont
             from index_builder.serving import connect
 
             kwargs["shards"] = connect(job.index, index_service, job.index_servers)
-        retriever = Retriever.load(job.index, device=job.torch_device, **kwargs)
+        retriever = Retriever.load(job.index, device=job.torch_device, mmap=job.index_mmap, **kwargs)
     return WorkerContext(job=job, model=model, retriever=retriever, seconds_load=time.perf_counter() - start)
 
 
