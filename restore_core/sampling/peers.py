@@ -52,7 +52,7 @@ SAMPLERS = ("alg1", "ddrm", "diffpir", "dps")
 PEERS = SAMPLERS[1:]
 DDRM_ETA, DDRM_ETAB = 0.85, 1.0  # deepinv defaults (the DDRM paper's)
 DIFFPIR_ZETA, DIFFPIR_LAMBDA = 0.1, 7.0  # deepinv defaults
-DPS_WEIGHT = 1.0  # deepinv default ("norm" guidance, as the DPS paper)
+DPS_WEIGHT = 300.0  # "norm" guidance step; tuned on training-split crops (README "Peers"), deepinv's 1.0 barely guides
 MIN_NOISE_01 = 0.5 / 255  # DiffPIR's ρ_t = λσ²/σ_t² needs σ_y > 0
 
 
