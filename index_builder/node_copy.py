@@ -85,7 +85,8 @@ def _write_parts_index(index_uri: str, m: dict, folder: str) -> None:
         if nbytes:
             lists.update_totsize(nbytes)
             lists.allocate_slot(nbytes)  # one slot, the whole file: lists back to back
-        lists.set_all_lists_sizes(faiss.swig_ptr(sizes.astype(np.uint64)))
+        sizes_t = sizes.astype(np.uint64)  # held while faiss reads it through the pointer
+        lists.set_all_lists_sizes(faiss.swig_ptr(sizes_t))
         ivf.replace_invlists(lists, True)
         lists.this.disown()
         filled = np.zeros(ivf.nlist, np.int64)
@@ -105,6 +106,7 @@ def _write_parts_index(index_uri: str, m: dict, folder: str) -> None:
     if thumbs is not None:
         thumbs.flush()
     faiss.write_index(index, os.path.join(folder, "index.faiss"))
+    pa.default_memory_pool().release_unused()  # the parts read, freed but kept by the pool
 
 
 def _write_single_file_index(index_uri: str, m: dict, folder: str) -> None:

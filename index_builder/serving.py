@@ -13,16 +13,19 @@ thumbnails, nobody loads all of them.
   answers in global row ids; ``mse`` is the brute-force thumbnail search of ``Retriever``'s
   ``mse`` mode. Holding every part, it is the merged index (what a single restore actor
   loads); once loaded it moves to the GPU (``faiss.index_cpu_to_gpu``) when faiss has GPUs.
-  :meth:`ShardIndex.from_parts` sizes the storage before filling it (:func:`allocate_storage`): the
-  parts' per-list counts are read first, every inverted list (or the flat code array) is
-  allocated once at its final size and the codes are copied in place. Appending part after
-  part (``add_sa_codes``) grows each list by reallocation, which left a server at about
-  1.8× its code bytes.
+  :meth:`ShardIndex.from_parts` sizes the storage before filling it (:func:`allocate_storage`):
+  the parts' per-list counts are read first, every inverted list (or the flat code array) is
+  allocated once at its final size and the codes are copied in place; appending part after
+  part (``add_sa_codes``, what the build's actors do) grows each list by reallocation, and
+  the outgrown buffers stay with the allocator.
 * :class:`FanOut` — the same interface over several ``ShardIndex`` holders (Ray actors, or
   plain objects in tests): every query goes to every shard and the per-shard top-K are
   merged exactly (``index_builder.tuning.merge_topk``), so a fan-out answers what the merged
   index answers, row for row. :func:`start_shard_servers` starts named, detached-free shard
   actors that restore actors reach with :func:`connect`.
+
+The third way, one memory-mapped copy per node shared by its processes, is
+``index_builder.node_copy``.
 """
 
 from __future__ import annotations
@@ -205,6 +208,7 @@ class ShardIndex:
                            table.select(["image_id", "uri"]),
                            fixed_binary_to_uint8(table.column("thumbnail"))
                            if "thumbnail" in table.column_names else None)
+        pa.default_memory_pool().release_unused()  # the parts' code columns, freed but kept by the pool
         shard.index = gpu_if_available(shard.index)  # faiss on GPU when this build sees one
         return shard
 
@@ -280,10 +284,11 @@ class ShardIndex:
         pos = np.minimum(np.searchsorted(sorted_ids, g), max(len(sorted_ids) - 1, 0))
         held = (sorted_ids[pos] == g) if len(sorted_ids) else np.zeros(len(g), bool)
         at = pos[held] if order is None else order[pos[held]]
-        found = self.row_tables[0].take(pa.array(at, pa.int64())).to_pylist()
+        # element access finds the chunk by binary search; Table.take would concatenate them
+        ids, uris = self.row_tables[0].column("image_id"), self.row_tables[0].column("uri")
         out: list[tuple[str, str] | None] = [None] * len(g)
-        for j, r in zip(np.flatnonzero(held), found):
-            out[j] = (r["image_id"], r["uri"])
+        for j, p in zip(np.flatnonzero(held), at):
+            out[j] = (ids[int(p)].as_py(), uris[int(p)].as_py())
         return out
 
     def thumb_size(self) -> int | None:

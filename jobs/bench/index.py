@@ -372,7 +372,7 @@ def bench_serving(args) -> dict:
         opened = [ray.get(actors[0].open.remote(index_uri, option, cache, "bench-serving", len(servers)))]
         opened += ray.get([a.open.remote(index_uri, option, cache, "bench-serving", len(servers))
                            for a in actors[1:]])
-        answers = ray.get([a.query.remote(q, k) for a in actors])
+        answers = [ray.get(a.query.remote(q, k)) for a in actors]  # one at a time: latency uncontended
         memory = ray.get([a.memory.remote() for a in actors])
         if m["kind"] in ("ivf", "ivfpq"):
             ray.get([a.scan_all.remote(q, k, m["params"]["nlist"]) for a in actors])
