@@ -128,3 +128,28 @@ def test_report_links_resolve_and_failures_listed(job_output):
     assert len(list((out / "report" / "neighbours").iterdir())) == 2
     assert "not an image: /data/bad-0.png <script>" in text and "NaN at step 7" in text
     assert "<script>" not in page  # escaped, not injected
+
+
+def test_a_summary_is_reused_only_for_the_same_manifest_and_parts(tmp_path):
+    """A rerun with nothing new keeps summary.json as it is; a new part, another manifest
+    or a missing report makes a new one."""
+    from jobs.restore.manifest import Manifest
+
+    out = str(tmp_path / "out")
+    for i in range(3):
+        write_result(out, _record(f"r{i}", "sr4", "gd", psnr=20.0 + i))
+    summary_json = tmp_path / "out" / "summary.json"
+
+    def reduced(**kw) -> tuple[dict, int]:
+        return reduce(out, per_group=1, **kw), summary_json.stat().st_mtime_ns
+
+    first, made = reduced()
+    again, kept = reduced()
+    assert kept == made and again == json.loads(summary_json.read_text()) and again["rows"] == first["rows"] == 3
+    write_result(out, _record("r3", "sr4", "gd", psnr=30.0))
+    assert reduced()[0]["rows"] == 4
+    two = Manifest.from_frame(pd.DataFrame([{"image_id": f"r{i}", "input_uri": "/x.png", "task": "sr4"} for i in (0, 1)]))
+    (summary, made), (_, kept) = reduced(manifest=two), reduced(manifest=two)
+    assert (summary["rows"], summary["records_outside_manifest"], kept) == (2, 2, made)
+    (tmp_path / "out" / "report.html").unlink()
+    assert reduced(manifest=two)[1] != made and (tmp_path / "out" / "report.html").is_file()

@@ -93,6 +93,23 @@ def test_second_driver_is_refused_and_a_stale_lease_is_taken_over(ray_cluster, t
     assert code == 0 and "took over the stale lease of elsewhere pid 1" in stdout, stdout + stderr
 
 
+@pytest.mark.parametrize("row", [
+    {"image_id": "a", "input_uri": "/x/it's a \\ path \u00e9.png", "task": "sr4"},
+    {"image_id": "b", "input_uri": "s3://b/x.png", "task": "deblur_gauss:sigma=3", "gt_uri": "/g.png",
+     "degrade": True, "noise_sigma": 12.5, "method": "gd", "seed": 7, "k": 3, "steps": 20, "prompt": "a \"cat\"\n"},
+])
+def test_row_keys_of_a_manifest_equal_each_rows_key(row):
+    """The vectorised keys of a manifest are the per-row keys (records made by either match)."""
+    import pandas as pd
+
+    from jobs.restore.manifest import Manifest
+
+    other = {**row, "image_id": "z", "seed": 1, "k": None, "gt_uri": "/it's\t\u00a0.png", "mask_uri": "m\u2028"}
+    manifest = Manifest.from_frame(pd.DataFrame([row, other, {**row, "image_id": "y", "method": "pinv"}]))
+    keys = run_state.row_keys(manifest.table, "settings").to_pylist()
+    assert keys == [run_state.row_key(r, "settings") for r in manifest.rows()] and len(set(keys)) == 3
+
+
 def test_live_lease_refused_expired_taken(tmp_path):
     first = run_state.Lease(str(tmp_path), ttl_s=60, settle_s=0)
     first.acquire()
@@ -148,7 +165,7 @@ def _finished_output(tmp_path, n: int, tiny_prior: str, photo: str) -> tuple[str
     os.makedirs(out)
     (tmp_path / f"out{n}" / "job.json").write_text(json.dumps({"settings": settings}, default=str))
     records = [{**{k: r[k] for k in ("image_id", "row_key", "task", "method", "seed", "input_uri")},
-                "status": "ok", "psnr": 20.0 + i % 7, "seconds_total": 0.01} for i, r in enumerate(planned)]
+                "status": "ok", "psnr": 20.0 + i % 7, "seconds_total": 0.01} for i, r in enumerate(planned.rows())]
     for start in range(0, n, 512):
         write_part(out, records[start:start + 512])
     return manifest, out

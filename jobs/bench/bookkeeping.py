@@ -4,13 +4,17 @@ For each ``--rows`` N (default 10,000 and 100,000), on a synthetic finished outp
 ``method=pinv`` rows committed the way the driver commits them (``results.PartWriter``:
 parts of 512 records, compacted every 32 parts):
 
-* **commit** — driver seconds per row to buffer and commit a record;
+* **plan** — ``driver.plan``: manifest read and vectorised validation, row keys, preflight;
+* **commit** — driver milliseconds per row to take a row from the manifest (made into a
+  dict in its batch) and to buffer and commit its record;
 * **resume scan** — ``results.scan``: the three columns the resume needs;
-* **reducer** — ``reducer.reduce`` over the manifest's rows (summary.parquet/json, report);
-* **rerun** — ``adir restore`` on the finished output with nothing to do (manifest read and
-  validation, preflight, settings check, lease, scan, reducer), the user's wait;
+* **reducer** — ``reducer.reduce`` over the manifest (summary.parquet/json, report);
+* **rerun** — ``adir restore`` on the finished output with nothing to do, in a fresh
+  process as a user runs it (interpreter and imports, manifest, preflight, settings check,
+  lease, scan, the reducer finding its summary up to date): its wall time and its peak
+  memory (RSS of that process alone, ``os.wait4``), the driver's memory at N rows.
 
-plus the driver's peak memory (RSS). Then **driver overhead per row** on a real Ray run of
+Then **driver overhead per row** on a real Ray run of
 ``--ray-rows`` pinv rows on 32² crops with 2 workers: the wall time of the row loop minus
 the workers' own row seconds (divided by the workers), per row: what the driver and Ray add
 around each row. Each measured time is extrapolated linearly to 1,000,000 rows from the two
@@ -22,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 GOALS = {"rerun_s_1m": 60.0, "reducer_s_1m": 600.0, "driver_overhead_ms_per_row": 2.0, "driver_rss_gb": 1.0}
@@ -37,8 +43,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="prior spec (default: the shipped prior)")
 
 
-def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+def _restore_argv(manifest: str, out: str, model: str | None, workers: int = 2) -> list[str]:
+    argv = ["--manifest", manifest, "--output", out, "--workers", str(workers), "--set", "metrics=psnr"]
+    return argv + (["--set", f"model={model}"] if model else [])
 
 
 def _restore_args(manifest: str, out: str, model: str | None, workers: int = 2) -> argparse.Namespace:
@@ -46,8 +53,24 @@ def _restore_args(manifest: str, out: str, model: str | None, workers: int = 2) 
 
     p = argparse.ArgumentParser()
     restore_parser(p)
-    argv = ["--manifest", manifest, "--output", out, "--workers", str(workers), "--set", "metrics=psnr"]
-    return p.parse_args(argv + (["--set", f"model={model}"] if model else []))
+    return p.parse_args(_restore_argv(manifest, out, model, workers))
+
+
+def rerun(argv: list[str]) -> tuple[int, str, float, float]:
+    """``adir restore argv`` in a fresh process: (exit code, its output, wall seconds, its
+    peak RSS in GiB)."""
+    import jobs
+
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(jobs.__file__)))}
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "restore", *argv], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        return proc.returncode, log.read(), seconds, usage.ru_maxrss / 2**20  # KiB on Linux
 
 
 def _manifest(folder: str, n: int, photo: str) -> str:
@@ -63,22 +86,21 @@ def _manifest(folder: str, n: int, photo: str) -> str:
 
 
 def measure_size(folder: str, n: int, photo: str, model: str | None) -> dict:
-    """Commit, scan, reduce and rerun times of a finished output of ``n`` rows."""
+    """Plan, commit, scan, reduce and rerun times of a finished output of ``n`` rows."""
     from jobs.restore import driver, reducer, results, run_state
 
-    manifest = _manifest(folder, n, photo)
+    manifest_uri = _manifest(folder, n, photo)
     out = os.path.join(folder, f"out-{n}")
     shutil.rmtree(out, ignore_errors=True)
-    args = _restore_args(manifest, out, model)
     t0 = time.perf_counter()
-    _, rows, settings = driver.plan(args)
+    _, manifest, settings = driver.plan(_restore_args(manifest_uri, out, model))
     plan_s = time.perf_counter() - t0
     os.makedirs(out)
     with open(os.path.join(out, run_state.JOB_NAME), "w") as fh:
         json.dump({"settings": settings}, fh, default=str)
     writer = results.PartWriter(out, flush_s=float("inf"))
     t0 = time.perf_counter()
-    for i, r in enumerate(rows):
+    for i, r in enumerate(manifest.rows()):
         writer.add({k: r[k] for k in ("image_id", "row_key", "task", "method", "seed", "input_uri", "noise_sigma",
                                       "degrade")} | {"status": "ok" if i % 50 else "failed",
                                                      "error": None if i % 50 else f"synthetic error {i % 3}",
@@ -89,14 +111,13 @@ def measure_size(folder: str, n: int, photo: str, model: str | None) -> dict:
     scanned = results.scan(out)
     scan_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    summary = reducer.reduce(out, rows=rows)
+    summary = reducer.reduce(out, manifest=manifest)
     reduce_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    code = driver.main(args)
-    rerun_s = time.perf_counter() - t0
-    assert code == 3 and len(scanned) == n and summary["rows"] == n, (code, len(scanned), summary["rows"])
+    code, log, rerun_s, rerun_rss_gb = rerun(_restore_argv(manifest_uri, out, model))
+    assert code == 3 and f"{n} already have a result record (resume)" in log, (code, log[-2000:])
+    assert len(scanned) == n and summary["rows"] == n, (len(scanned), summary["rows"])
     return {"rows": n, "parts": len(results.part_uris(out)), "plan_s": plan_s, "commit_ms_per_row": 1e3 * commit_s / n,
-            "scan_s": scan_s, "reducer_s": reduce_s, "rerun_s": rerun_s, "rss_gb": _rss_gb()}
+            "scan_s": scan_s, "reducer_s": reduce_s, "rerun_s": rerun_s, "rerun_rss_gb": rerun_rss_gb}
 
 
 def measure_ray(folder: str, n: int, workers: int, photo: str, model: str | None) -> dict:
@@ -109,11 +130,11 @@ def measure_ray(folder: str, n: int, workers: int, photo: str, model: str | None
     manifest = _manifest(folder, n, photo)
     out = os.path.join(folder, f"ray-{n}")
     shutil.rmtree(out, ignore_errors=True)
-    job, rows, _ = driver.plan(_restore_args(manifest, out, model, workers))
+    job, planned, _ = driver.plan(_restore_args(manifest, out, model, workers))
     ray, started_here = init_ray(None)
     stats: dict = {}
     try:
-        _, failed, _ = run_rows(ray, job, rows, out, stats=stats)
+        _, failed, _ = run_rows(ray, job, planned.rows(), out, stats=stats, total=len(planned))
     finally:
         if started_here:
             ray.shutdown()
@@ -150,7 +171,8 @@ def main(args: argparse.Namespace) -> int:
         sizes.append(measure_size(folder, n, photo, args.model))
         print("  " + ", ".join(f"{k} {v:.3g}" for k, v in sizes[-1].items()), flush=True)
     result = {"sizes": sizes, "goals": GOALS, "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(),
-              "extrapolated_1m": {k: extrapolate(sizes, k) for k in ("scan_s", "reducer_s", "rerun_s", "rss_gb")}}
+              "extrapolated_1m": {k: extrapolate(sizes, k) for k in ("plan_s", "scan_s", "reducer_s", "rerun_s",
+                                                                        "rerun_rss_gb")}}
     if args.ray_rows:
         print(f"[bench bookkeeping] Ray run of {args.ray_rows} pinv rows …", flush=True)
         result["ray"] = measure_ray(folder, args.ray_rows, args.workers, photo, args.model)

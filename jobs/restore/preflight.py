@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
+from jobs.restore.manifest import Manifest
 from restore_core import metrics, storage
 from restore_core.errors import AdirError, ConfigError, InputError, ModelLoadError
 from restore_core.methods import get_method
@@ -49,8 +50,11 @@ def probe_output(output: str) -> None:
             fs.exists(parent)
 
 
-def check_methods(rows: list[dict], job) -> None:
-    for name in sorted({r["method"] for r in rows}):
+def check_methods(rows, job) -> None:
+    """The methods of ``rows`` (a ``manifest.Manifest``, or row dicts) exist and have what
+    they need (an index, a text tower, a pipeline folder); each distinct method is checked once."""
+    names = rows.methods() if isinstance(rows, Manifest) else sorted({r["method"] for r in rows})
+    for name in names:
         method = get_method(name)  # unknown (or not installed) -> ConfigError
         if getattr(method, "uses_neighbours", False) and not job.index:
             raise ConfigError(f"method {name!r} retrieves neighbours but no index is set; "

@@ -10,32 +10,43 @@ writes, under the same output URI and each atomically through ``storage``:
   holds (records of rows outside the manifest, or made for another version of a row);
 * ``report.html`` plus its assets under ``report/`` (see ``jobs/restore/report.py``).
 
-Which records count: with ``rows`` (the job's manifest rows, with their ``row_key``), the
-latest record of each of those rows whose key matches; without, the latest record of every
-id in the folder (``reduce(uri)`` on any output). The work is flat in the rows: the resume
-scan's three columns pick the counted records, then each part is read once, its counted
-rows appended to ``summary.parquet`` and folded into running sums, counters and small
-samples (the report's grid rows, the first failures); no table of every row is held.
+Which records count: with ``manifest`` (the job's ``manifest.Manifest``, with its
+``row_key`` column), the latest record of each of its rows whose key matches; without, the
+latest record of every id in the folder (``reduce(uri)`` on any output). The work is flat
+in the rows: two columns of every part pick the counted records (``Manifest.match``), then each part is read once, its counted rows appended to
+``summary.parquet`` and folded into running sums, counters and small samples (the report's
+grid rows, the first failures); no table of every row is held.
+
+Nothing new, nothing redone: ``summary.json`` records what it was made from (``inputs``: a
+digest of the manifest's ids and row keys, a digest of the part listing, the output URI and
+``per_group``). Parts are immutable once committed and every commit or compaction makes a
+new name, so when the next ``reduce`` finds the same ``inputs`` (a rerun with nothing to
+do) it returns that summary instead of reducing again. A reduction that does run first
+removes the old ``summary.json``, so a crash midway never leaves a stale one that matches.
 No Ray here.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import heapq
 import io
 import json
 import math
 from collections import Counter, defaultdict
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.restore.manifest import Manifest
 from jobs.restore.results import (
     METRIC_COLUMNS,
     RESULT_SCHEMA,
     SECONDS_COLUMNS,
+    latest_table,
     part_uris,
     read_part,
 )
@@ -128,32 +139,30 @@ class _Neg:
         return self.key == other.key
 
 
-def _counted(output_uri: str, uris: list[str], rows: list[dict] | None) -> tuple[dict, dict]:
-    """(part index -> set of row positions counted, facts about what else the folder holds)."""
-    frames = []
-    for i, uri in enumerate(uris):
-        t = read_part(uri, ("image_id", "row_key")).to_pandas()
-        if "row_key" not in t.columns:
-            t["row_key"] = None
-        t["part"], t["pos"] = i, range(len(t))
-        frames.append(t)
-    scan = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["image_id", "row_key", "part", "pos"])
-    latest = scan.drop_duplicates("image_id", keep="last")
+def _counted(uris: list[str], manifest: Manifest | None) -> tuple[dict[int, np.ndarray], dict]:
+    """(part index -> sorted positions of the records counted in it, facts about what else
+    the folder holds)."""
     other = {"records_outside_manifest": 0, "records_of_other_row_versions": 0}
-    if rows is not None:
-        keys = pd.Series({r["image_id"]: r.get("row_key") for r in rows}, dtype=object)
-        in_manifest = latest["image_id"].isin(keys.index)
-        other["records_outside_manifest"] = int((~in_manifest).sum())
-        latest = latest[in_manifest]
-        wanted = keys.reindex(latest["image_id"]).to_numpy()
-        current = (wanted == None) | (latest["row_key"].to_numpy() == wanted)
-        other["records_of_other_row_versions"] = int((~current).sum())
-        latest = latest[current]
-    picked: dict[int, set] = defaultdict(set)
-    for part, pos in zip(latest["part"], latest["pos"]):
-        picked[int(part)].add(int(pos))
-    return picked, other
+    tables = []
+    for i, uri in enumerate(uris):
+        t = read_part(uri, ("image_id", "row_key"))
+        if "row_key" not in t.column_names:  # a part of the previous layout
+            t = t.append_column("row_key", pa.nulls(len(t), pa.string()))
+        tables.append(t.select(["image_id", "row_key"]).append_column("part", pa.array(np.full(len(t), i)))
+                      .append_column("pos", pa.array(np.arange(len(t)))))
+    if not tables:
+        return {}, other
+    latest = latest_table(tables)
+    if manifest is not None:
+        positions, current = manifest.match(latest.column("image_id"), latest.column("row_key"))
+        other["records_outside_manifest"] = int((positions < 0).sum())
+        other["records_of_other_row_versions"] = int(((positions >= 0) & ~current).sum())
+        latest = latest.filter(pa.array(current))
+    part, pos = (latest.column(c).to_numpy() for c in ("part", "pos"))
+    order = np.lexsort((pos, part))
+    part, pos = part[order], pos[order]
+    cuts = np.flatnonzero(np.diff(part)) + 1
+    return {int(p[0]): q for p, q in zip(np.split(part, cuts), np.split(pos, cuts)) if len(p)}, other
 
 
 def summarise(fold: _Fold, manifest_rows: int | None, other: dict) -> dict:
@@ -186,16 +195,47 @@ def summarise(fold: _Fold, manifest_rows: int | None, other: dict) -> dict:
     }
 
 
-def reduce(output_uri: str, rows: list[dict] | None = None, per_group: int = 4) -> dict:
+def _inputs(output_uri: str, uris: list[str], manifest: Manifest | None, per_group: int) -> dict:
+    """What a summary is made from (module docstring)."""
+    listing = "\n".join(u.rsplit("/", 1)[-1] for u in uris)
+    return {"output_uri": output_uri, "per_group": per_group, "manifest": None if manifest is None else
+            manifest.digest(), "parts": hashlib.sha256(listing.encode()).hexdigest()[:24]}
+
+
+def _reusable(output_uri: str, inputs: dict) -> dict | None:
+    """The summary on disk when it was made from ``inputs`` and its files are all there."""
+    uri = storage.join(output_uri, "summary.json")
+    if not storage.exists(uri):
+        return None
+    try:
+        summary = json.loads(storage.read_bytes(uri))
+    except ValueError:
+        return None
+    made = [storage.join(output_uri, "summary.parquet"), summary.get("report_uri") or ""]
+    if summary.get("inputs") != inputs or not all(storage.exists(u) for u in made):
+        return None
+    return summary
+
+
+def reduce(output_uri: str, manifest: Manifest | None = None, per_group: int = 4) -> dict:
     """Write ``summary.parquet``, ``summary.json`` and ``report.html`` under ``output_uri``
-    from its result parts (only ``rows``' current records when given); returns the summary
-    dict (with ``report_uri`` added). ``per_group``: rows per (task, method) in the grid."""
+    from its result parts (only ``manifest``'s current records when given), or keep them when
+    they were made from the same inputs; returns the summary dict (with ``report_uri``).
+    ``per_group``: rows per (task, method) in the grid."""
     from jobs.restore.report import (
         write_report,  # matplotlib is imported only when reporting
     )
 
     uris = part_uris(output_uri)
-    picked, other = _counted(output_uri, uris, rows)
+    inputs = _inputs(output_uri, uris, manifest, per_group)
+    previous = _reusable(output_uri, inputs)
+    if previous is not None:
+        return previous
+    summary_uri = storage.join(output_uri, "summary.json")
+    if storage.exists(summary_uri):  # no stale summary.json may outlive a crash below
+        fs, path = storage.filesystem(summary_uri)
+        fs.rm(path)
+    picked, other = _counted(uris, manifest)
     schema = _unified_schema(uris)
     summed = set(METRIC_COLUMNS) | set(SECONDS_COLUMNS)  # plus extra metric columns, not row parameters
     fold = _Fold([f.name for f in schema if pa.types.is_floating(f.type)
@@ -203,17 +243,16 @@ def reduce(output_uri: str, rows: list[dict] | None = None, per_group: int = 4) 
     buf = io.BytesIO()
     with pq.ParquetWriter(buf, schema) as writer:
         for i, uri in enumerate(uris):
-            if not picked.get(i):
+            if i not in picked:
                 continue
-            table = read_part(uri)
-            table = table.take(sorted(picked[i]))
+            table = read_part(uri).take(picked[i])
             table = pa.concat_tables([schema.empty_table(), table], promote_options="permissive").select(schema.names)
             writer.write_table(table.cast(schema))
             fold.add(table.to_pandas())
     storage.atomic_write_bytes(storage.join(output_uri, "summary.parquet"), buf.getvalue())
-    summary = summarise(fold, None if rows is None else len(rows), other)
+    summary = summarise(fold, None if manifest is None else len(manifest), other)
     summary["output_uri"] = output_uri
     summary["report_uri"] = write_report(output_uri, fold.sample_frame(), summary, per_group=per_group)
-    storage.atomic_write_bytes(storage.join(output_uri, "summary.json"),
-                               json.dumps(summary, indent=2, sort_keys=True).encode())
+    summary["inputs"] = inputs
+    storage.atomic_write_bytes(summary_uri, json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary

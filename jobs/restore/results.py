@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from restore_core import storage
@@ -163,10 +164,11 @@ def part_uris(output_uri: str) -> list[str]:
 
 
 def read_part(uri: str, columns=None) -> pa.Table:
-    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    """One part; only the ``columns`` it has are decoded, when given."""
+    file = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
     if columns is not None:
-        table = table.select([c for c in columns if c in table.column_names])
-    return table
+        columns = [c for c in columns if c in file.schema_arrow.names]
+    return file.read(columns=columns)
 
 
 def _read_all(uris: list[str], output_uri: str, columns=None) -> list[pa.Table]:
@@ -188,13 +190,13 @@ def _latest(tables: list[pa.Table]) -> pd.DataFrame:
     return latest_table(tables).to_pandas()
 
 
-def scan(output_uri: str) -> pd.DataFrame:
-    """The latest ``image_id, status, row_key`` of every row with a record (the resume
-    scan: three columns of each part, so it stays cheap when rows grow)."""
-    df = _latest(_read_all(part_uris(output_uri), output_uri, SCAN_COLUMNS))
-    if "row_key" not in df.columns:  # every part is of the previous layout
-        df["row_key"] = None
-    return df[list(SCAN_COLUMNS)].reset_index(drop=True)
+def scan(output_uri: str) -> pa.Table:
+    """The latest ``image_id, status, row_key`` of every row with a record, as an Arrow
+    table (the resume scan: three columns of each part, so it stays cheap when rows grow)."""
+    table = latest_table(_read_all(part_uris(output_uri), output_uri, SCAN_COLUMNS))
+    if "row_key" not in table.column_names:  # every part is of the previous layout
+        table = table.append_column("row_key", pa.nulls(len(table), pa.string()))
+    return table.select(list(SCAN_COLUMNS))
 
 
 def read_results(output_uri: str, ids=None) -> pd.DataFrame:
@@ -212,8 +214,10 @@ def read_results(output_uri: str, ids=None) -> pd.DataFrame:
 
 def completed_ids(output_uri: str, status: str | None = None) -> set[str]:
     """Ids whose latest record exists (and has ``status`` when given)."""
-    df = scan(output_uri)
-    return set(df["image_id"] if status is None else df.loc[df["status"] == status, "image_id"])
+    table = scan(output_uri)
+    if status is not None:
+        table = table.filter(pc.equal(table.column("status"), status))
+    return set(table.column("image_id").to_pylist())
 
 
 def compact(output_uri: str, at: int = COMPACT_AT, small_rows: int = COMPACT_ROWS) -> int:

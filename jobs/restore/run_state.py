@@ -8,7 +8,8 @@ other settings is refused before any work (``SettingsChanged``, exit 2, naming e
 that differs) unless ``--overwrite`` redoes every row. Workers, CPUs and GPUs are not
 settings: outputs do not depend on them. ``row_key(row, settings)`` digests a row's own
 columns with the settings; a result record carries it, so a row whose manifest entry
-changed (same id, another task or method) is redone, never reused.
+changed (same id, another task or method) is redone, never reused. ``row_keys`` computes
+the same keys for a whole manifest table at once.
 
 **Lease.** One driver per output: ``Lease`` is the object ``<output>/lease.json`` (owner,
 host, pid, heartbeat, expiry), written atomically through ``restore_core.storage`` so it
@@ -19,7 +20,7 @@ fsspec exposes everywhere; the read-back closes the window to the settle time). 
 renews the heartbeat every ``ttl/3`` seconds; a driver that died leaves a lease that
 expires after ``ttl`` seconds and the next driver takes it over, saying so.
 
-Imports no Ray and no torch.
+Imports no Ray and no torch (pyarrow for ``row_keys``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ import socket
 import threading
 import time
 import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from restore_core import storage
 from restore_core.errors import AdirError, ConfigError
@@ -115,6 +119,40 @@ def row_key(row: dict, settings_digest: str) -> str:
     by a row with the same key."""
     text = "\x1f".join([settings_digest] + [repr(row.get(c)) for c in ROW_KEY_COLUMNS])
     return hashlib.sha1(text.encode()).hexdigest()[:24]
+
+
+_PLAIN_TEXT = r"^[ !#-\[\]-~]*$"  # printable ASCII without ' and \: repr(s) is s in single quotes
+
+
+def _reprs(column: pa.ChunkedArray) -> pa.Array:
+    """``repr`` of every value: integers and plain text in Arrow, other text one by one,
+    the rest once per distinct value."""
+    arr = column.combine_chunks()
+    if pa.types.is_integer(arr.type):
+        return arr.cast(pa.string()).fill_null("None")
+    if pa.types.is_string(arr.type):
+        quoted = pc.binary_join_element_wise("'", arr, "'", "")
+        other = pc.and_(arr.is_valid(), pc.invert(pc.match_substring_regex(arr, _PLAIN_TEXT)))
+        if pc.any(other).as_py():
+            quoted = pc.replace_with_mask(quoted, other, pa.array([repr(v) for v in arr.filter(other).to_pylist()],
+                                                                  pa.string()))
+        return quoted.fill_null("None")
+    encoded = pc.dictionary_encode(arr, null_encoding="encode")
+    return pa.array([repr(v) for v in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
+
+
+def row_keys(table: pa.Table, settings_digest: str, chunk_rows: int = 65536) -> pa.Array:
+    """``row_key`` of every row of a manifest table (``jobs.restore.manifest.Manifest.table``),
+    equal to it row by row: ``chunk_rows`` rows at a time, the texts are joined column-wise
+    in Arrow, then hashed in a tight loop."""
+    sha1 = hashlib.sha1
+    keys = [pa.array([], pa.string())]
+    for start in range(0, len(table), chunk_rows):
+        chunk = table.slice(start, chunk_rows)
+        texts = pc.binary_join_element_wise(settings_digest, *[_reprs(chunk.column(c)) for c in ROW_KEY_COLUMNS],
+                                            "\x1f").cast(pa.binary())  # UTF-8 bytes, as ``row_key`` hashes
+        keys.append(pa.array([sha1(t).hexdigest()[:24] for t in texts.to_pylist()], pa.string()))
+    return pa.concat_arrays(keys)
 
 
 def read_job_json(output: str) -> dict | None:
