@@ -40,6 +40,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "index": ("jobs.bench.index", "retrieval index speed/recall (P1), embedding build (P4)"),
     "indi": ("jobs.bench.indi", "InDI perception-distortion table over N steps"),
     "inversion": ("jobs.bench.inversion", "SHRED/DIIP diagnostic: DDIM-invert crops and regenerate; SHRED from each start"),
+    "diip": ("jobs.bench.diip", "DIIP diagnostic: PSNR-vs-iteration curves per start and learning rate, where its rules stop"),
     "core": ("jobs.bench.core", "forward / sampling / adaptation timings of a 64² UNet"),
     "gpu": ("jobs.bench.gpu", "paper-scale figures on one GPU: 256² guided-diffusion forward, ADIR rows, faiss, embedding"),
 }

@@ -3,6 +3,19 @@
 Algorithm 1 of the slides: z* = argmin_z ‖g(z) − y‖² (eq. 2) with g the deterministic
 DDIM of the prior (skip ``cfg.diip.skip``), optimised by Adam from z ~ N(0, I); no
 operator is used. The loop is SHRED's (``shred.optimise_initial_noise``) with H = I.
+
+Start (deviation, ``INIT``; ``INITS`` are what ``adir bench diip`` compares): z⁰ is the
+exact DDIM inversion (``sampling.inversion.ddim_invert``) of the prior's own Tweedie
+estimate of the clean image from y at the noise level σ (``"denoised"``), as SHRED starts
+from the inversion of A⁺y. g's range holds noisy images as well as clean ones, so eq. 2's
+optimum is y itself and only the path regularises; at this prior's scale the path from
+N(0, I) (``"noise"``, Algorithm 1 line 1) stays below y's PSNR before it fits the noise,
+and the inversion of y (``"y"``) starts at the optimum. From the denoised start the
+search only moves g(z) back towards y, so the discrepancy rule below normally stops at
+once and the restoration is the start: the gain is the prior's, reached through g's range.
+From an inverted image Adam runs at ``start_lr`` (the config's rate × SHRED's
+``PINV_LR_FACTOR``).
+
 Fitting y completely reproduces its degradation, so the optimisation is stopped early by
 one of the slides' self-supervised rules:
 
@@ -11,10 +24,12 @@ one of the slides' self-supervised rules:
   averaged over the last ``slope_window`` iterations, since Adam's single steps are noisy,
   and the rule waits for k ≥ ``k_min``: from a random start the loss bounces during the
   first Adam steps (Δ < 0), and a rule that fires then returns noise.
-* ``noise`` (deviation, beside ``slope``): the discrepancy principle for additive noise, stop
-  once L_k ≤ σ², the noise variance, because a fit closer than the noise fits the noise.
-  σ is ``cfg.noise_sigma`` (0–255) or, when that is negative (blind), the wavelet
-  estimate from y (``sampling.peers.estimate_noise_sigma``).
+* ``noise`` (deviation, beside ``slope``): Morozov's discrepancy principle for additive
+  noise, stop once L_k ≤ (τσ)², because a fit closer than the noise fits the noise; τ =
+  ``DISCREPANCY_TAU`` slightly above 1 as the principle asks, since the wavelet σ and
+  ‖n‖²/n themselves err by a few per cent on a 64² crop. σ is ``cfg.noise_sigma`` (0–255)
+  or, when that is negative (blind), the wavelet estimate from y
+  (``sampling.peers.estimate_noise_sigma``), floored at ``MIN_CHECK_SIGMA`` (``rule_sigma``).
 * ``laplacian`` (degradations that *remove* them: blur, low resolution): σ²_k, the
   variance of the Laplacian of the grey-level g(z_k), rises while details are fitted and
   falls once the blur is; stop when k > ``k_min`` and σ² has not exceeded its peak for
@@ -33,7 +48,10 @@ Safeguard (deviation, whenever the ``noise`` rule runs): an output whose loss st
 2σ² is estimated worse than y itself (``keep_or_input``), and y is returned for it with a
 warning: from N(0, I) the search stalls on some textures. σ is floored at
 ``MIN_CHECK_SIGMA`` because the wavelet estimate sees almost no noise in a JPEG, whose
-artefacts are blocks, not white noise.
+artefacts are blocks, not white noise. From the denoised start, an output further from
+that start than ``REPRESENT_FRACTION`` of the denoiser's correction is returned as y too
+(``keep_or_input``'s ``ref``): the inversion regenerates a photo only approximately, and
+that error can swamp the small correction of a JPEG of a smooth crop.
 """
 
 from __future__ import annotations
@@ -44,17 +62,26 @@ import time
 import torch
 import torch.nn.functional as F
 
+from restore_core.errors import MethodError
 from restore_core.methods.base import base_info, register
 from restore_core.methods.shred import (
+    INVERT_FIXED_POINT,
+    PINV_LR_FACTOR,
     initial_noise,
     noise_level,
     optimise_initial_noise,
 )
 from restore_core.models.indi_model import full_size
 from restore_core.operators import TASKS, sigma_to_model_range
+from restore_core.sampling.inversion import ddim_invert
+from restore_core.sampling.peers import PriorDenoiser
 
 HIGH_FREQUENCY_TASKS = ("denoise", "jpeg")  # degradations that add high frequencies
-MIN_CHECK_SIGMA = 10.0  # floor (0-255) under keep_or_input's σ: JPEG's artefacts are not white noise
+MIN_CHECK_SIGMA = 10.0  # floor (0-255) under every σ here (rule_sigma, start): JPEG's artefacts are not white noise
+INITS = ("denoised", "y", "noise")
+INIT = "denoised"  # the start (module doc)
+DISCREPANCY_TAU = 1.05  # the noise rule stops at L ≤ (τσ)²: Morozov's τ > 1 (module doc)
+REPRESENT_FRACTION = 0.5  # keep_or_input: the output's distance to the denoised start, over its correction
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
 
 
@@ -63,6 +90,44 @@ def laplacian_variance(x: torch.Tensor) -> torch.Tensor:
     grey = x.mean(dim=1, keepdim=True)
     lap = F.conv2d(grey, _LAPLACIAN.to(x), padding=0)
     return lap.flatten(1).var(dim=1)
+
+
+def start_point(model, init: str, y: torch.Tensor, sigma255: float, skip: int,
+                generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(z⁰, the image it was inverted from): ``"noise"`` N(0, I) (Algorithm 1 line 1; no
+    image), ``"y"`` the DDIM inversion of y, or ``"denoised"`` the inversion of the prior's
+    Tweedie estimate of the clean image from y at noise level ``sigma255`` (0–255, floored at
+    ``MIN_CHECK_SIGMA``; ``sampling.peers.PriorDenoiser``)."""
+    if init == "noise":
+        return initial_noise(tuple(y.shape), generator, y.device, sphere=False), None
+    if init not in INITS:
+        raise MethodError(f"bad DIIP initialisation {init!r}; accepted: {', '.join(INITS)}")
+    ref = y.clamp(-1, 1)
+    if init == "denoised":
+        with torch.no_grad():
+            ref = PriorDenoiser(model)((ref + 1) / 2, max(sigma255, MIN_CHECK_SIGMA) / 255.0) * 2 - 1
+    return ddim_invert(model, ref, skip, INVERT_FIXED_POINT), ref
+
+
+def start_lr(lr: float, init: str) -> float:
+    """Adam's rate: ``lr`` from N(0, I), ×``shred.PINV_LR_FACTOR`` from an inverted image
+    (g is as sensitive there as SHRED's f near its inverted start)."""
+    return lr if init == "noise" else lr * PINV_LR_FACTOR
+
+
+def rule_sigma(sigma: float) -> float:
+    """σ (model units) of the noise rule and the safeguard: the noise level, floored at
+    ``MIN_CHECK_SIGMA`` (the wavelet estimate sees almost no noise in a JPEG)."""
+    return max(sigma, sigma_to_model_range(MIN_CHECK_SIGMA))
+
+
+def pixel_loss(y: torch.Tensor):
+    """Eq. 2 per image, as a mean over pixels: x₀ ↦ ‖x₀ − y‖²/n (B,)."""
+
+    def loss_fn(x0):
+        return ((x0 - y) ** 2).flatten(1).mean(dim=1)
+
+    return loss_fn
 
 
 def rules_for(rule: str, operator) -> tuple[str, ...]:
@@ -124,36 +189,45 @@ class Diip:
         if y.shape[1] != model.in_channels:
             y = y.expand(-1, model.in_channels, -1, -1)
         rules = rules_for(d.rule, operator)
-        monitor = StoppingRules(rules, d.slope_eps, d.slope_window, d.k_min, d.patience, noise_var=sigma**2)
+        check = rule_sigma(sigma)
+        monitor = StoppingRules(rules, d.slope_eps, d.slope_window, d.k_min, d.patience,
+                                noise_var=(DISCREPANCY_TAU * check) ** 2)
         start = time.perf_counter()
-        x_T = initial_noise(tuple(y.shape), generator, y.device, sphere=False)
-
-        def loss_fn(x0):
-            return ((x0 - y) ** 2).flatten(1).mean(dim=1)  # eq. 2, per pixel
-
-        loop = optimise_initial_noise(model, x_T, loss_fn, monitor, skip=d.skip, iters=d.iters, lr=d.lr,
-                                      grad=d.grad)
-        check = max(sigma, sigma_to_model_range(MIN_CHECK_SIGMA)) if "noise" in rules else 0.0
-        x_hat, kept = keep_or_input(monitor.x, y, check)
-        info = base_info(**loop, rules=list(rules), noise_sigma=sigma255,
+        x_T, ref = start_point(model, INIT, y, sigma255, d.skip, generator)
+        loop = optimise_initial_noise(model, x_T, pixel_loss(y), monitor, skip=d.skip, iters=d.iters,
+                                      lr=start_lr(d.lr, INIT), grad=d.grad)
+        noisy = "noise" in rules
+        x_hat, kept = keep_or_input(monitor.x, y, check if noisy else 0.0,
+                                    ref if noisy and INIT == "denoised" else None)
+        info = base_info(**loop, rules=list(rules), init=INIT, noise_sigma=sigma255,
                          stop_iteration=monitor.fired_at or loop["iterations"], loss_start=monitor.losses[0],
                          loss_end=monitor.losses[-1])
         if not bool(kept.all()):
             info["warnings"].append(f"DIIP's fit of {int((~kept).sum())} image(s) is estimated worse than the "
-                                    "input (‖g(z) − y‖² > 2σ²); returned the input there")
+                                    "input (‖g(z) − y‖² > 2σ², or g(z) far from the denoised start); "
+                                    "returned the input there")
         info["seconds_sample"] = time.perf_counter() - start
         return x_hat.clamp(-1, 1), info
 
 
-def keep_or_input(x: torch.Tensor, y: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_or_input(x: torch.Tensor, y: torch.Tensor, sigma: float,
+                  ref: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, x, or y where x is estimated to be further from the clean image than y.
 
     For y = x* + σn and an output x that has not fitted the noise, E‖x − y‖²/n ≈
     ‖x − x*‖²/n + σ², while y's own error is σ²: a loss above 2σ² says x is worse than y
-    (an underfit on a texture the search cannot reach). ``sigma = 0`` keeps every x.
-    Returns (images, kept mask (B,))."""
+    (an underfit on a texture the search cannot reach). ``sigma = 0`` skips that check.
+
+    ``ref``, the denoised image the search started from: for a denoiser that acts as a
+    projection, ‖ref − x*‖² ≈ ‖y − x*‖² − ‖ref − y‖² (Pythagoras), so x = ref + r beats y
+    only while ‖r‖² < ‖ref − y‖², the correction the denoiser made. x is kept while
+    ‖x − ref‖² ≤ ``REPRESENT_FRACTION``·‖ref − y‖² (a margin for the approximation): a
+    small correction (a JPEG of a smooth crop) that g cannot represent after inversion is
+    no gain. Returns (images, kept mask (B,))."""
     loss = (x - y).pow(2).flatten(1).mean(1)
     kept = loss <= 2 * sigma**2 if sigma > 0 else torch.ones_like(loss, dtype=torch.bool)
+    if ref is not None:
+        kept &= (x - ref).pow(2).flatten(1).mean(1) <= REPRESENT_FRACTION * (ref - y).pow(2).flatten(1).mean(1)
     return torch.where(kept.view(-1, 1, 1, 1), x, y), kept
 
 
