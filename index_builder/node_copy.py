@@ -22,8 +22,10 @@ mapping; ``ilod`` lists are mapped by faiss's on-disk reader), ``pyarrow.memory_
 the rows and ``np.load(mmap_mode="r")`` for thumbnails. What an actor holds privately is
 the coarse quantizer (nlist × d floats), the row-id map and Python objects.
 
-The first actor on a node writes the copy under an exclusive ``fcntl.flock`` and marks it
-complete last (``copy.json``); the others wait on the lock and map the finished copy. A
+The first actor on a node writes the copy (in a child process, so that none of the
+reading's transient memory stays with the actor) under an exclusive ``fcntl.flock`` and
+marks it complete last (``copy.json``); the others wait on the lock and map the finished
+copy. A
 remote index (s3://, gs://, …) is read through ``restore_core.storage`` as it is copied,
 so the index URI may be anything fsspec reads; only the cache must be a local folder.
 """
@@ -33,8 +35,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -106,15 +110,11 @@ def _write_parts_index(index_uri: str, m: dict, folder: str) -> None:
     if thumbs is not None:
         thumbs.flush()
     faiss.write_index(index, os.path.join(folder, "index.faiss"))
-    pa.default_memory_pool().release_unused()  # the parts read, freed but kept by the pool
 
 
 def _write_single_file_index(index_uri: str, m: dict, folder: str) -> None:
     """A single-file index folder copied: ``index.faiss`` and ``thumbs.npy`` as they are,
     ``ids.parquet`` rewritten as ``rows.arrow``."""
-    if m["kind"] == "kdtree":
-        raise ConfigError(f"index {index_uri} is a k-d tree (rebuilt in memory on load); it cannot be "
-                          "memory-mapped: set index_mmap=false or rebuild it as another kind")
     for name in ("index.faiss", "thumbs.npy"):
         uri = storage.join(index_uri, name)
         if storage.exists(uri):
@@ -137,9 +137,15 @@ def node_copy(index_uri: str, cache_dir: str | None = None) -> str:
     with open(folder + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
         if not os.path.exists(os.path.join(folder, MARKER)):
+            if m["kind"] == "kdtree":
+                raise ConfigError(f"index {index_uri} is a k-d tree (rebuilt in memory on load); it cannot be "
+                                  "memory-mapped: set index_mmap=false or rebuild it as another kind")
             shutil.rmtree(folder, ignore_errors=True)  # an interrupted copy
             os.makedirs(folder)
-            (_write_parts_index if m.get("layout") == "parts" else _write_single_file_index)(index_uri, m, folder)
+            write = _write_parts_index if m.get("layout") == "parts" else _write_single_file_index
+            # in a child process: what reading the parts leaves with the allocators goes with it
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+                child.submit(write, index_uri, m, folder).result()
             storage.atomic_write_bytes(os.path.join(folder, MARKER), json.dumps({"index": index_uri}).encode())
     return folder
 
