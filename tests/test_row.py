@@ -1,5 +1,9 @@
-"""jobs.restore.row.row_config and the preflight checks rows rely on: the row's own settings reach the method."""
+"""jobs.restore.row: the row's own settings reach the method (row_config, the preflight checks
+rows rely on), and a row interrupted after its adaptation resumes from its saved adapter."""
 
+import os
+
+import pandas as pd
 import pytest
 
 from jobs.restore.job_config import build_job_config
@@ -53,3 +57,51 @@ def test_a_missing_stable_diffusion_folder_is_refused_before_any_work(tmp_path):
     with pytest.raises(ModelLoadError, match="the sd pipeline not found"):
         preflight.check_methods([{"method": "sd"}], job)
     preflight.check_methods([{"method": "gd"}], job)  # methods that do not use it are not held up
+
+
+def test_a_row_interrupted_after_adaptation_resumes_from_its_adapter(tmp_path, monkeypatch):
+    """Ctrl-C in the sampling stage leaves the row's adapter; the rerun loads it (no
+    training), writes the same bytes as an uninterrupted run and, once its record is
+    committed, deletes the adapter."""
+    from jobs.restore.manifest import validate_rows
+    from jobs.restore.row import adapter_uri, commit_row, image_path, load_context
+    from restore_core import images
+    from restore_core.bundled_photos import HELDOUT_PHOTOS, random_crops
+    from restore_core.methods import adir
+    from tests.helpers import make_tiny_prior
+
+    images.write_png(random_crops(HELDOUT_PHOTOS[:1], 1, 32, seed=3)[0], str(tmp_path / "in.png"))
+    job = build_job_config(None, [f"model={make_tiny_prior(str(tmp_path / 'prior'))}", "steps=3", "adapt_iters=3",
+                                  "adapt_batch=2", "adapt_lr=1e-2", "lora_rank=2", "lora_alpha=2", "metrics=[psnr]"],
+                           workers=1)
+    row = validate_rows(pd.DataFrame([{"image_id": "r", "input_uri": str(tmp_path / "in.png"), "task": "sr4",
+                                       "method": "ia_y", "degrade": True, "seed": 1}]))[0] | {"row_key": "k" * 24}
+    ctx = load_context(job)
+    trainings = []
+    train = adir.adapt_lora
+    monkeypatch.setattr(adir, "adapt_lora", lambda *a, **k: trainings.append(1) or train(*a, **k))
+    whole, out = str(tmp_path / "whole"), str(tmp_path / "out")
+    assert commit_row(row, ctx, whole)["status"] == "ok" and trainings == [1]
+
+    sample = adir.sample
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(adir, "sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        commit_row(row, ctx, out)
+    monkeypatch.setattr(adir, "sample", sample)
+    saved = adapter_uri(out, row)
+    assert trainings == [1, 1] and os.path.exists(saved) and "/adapters/" in saved
+    assert not os.path.exists(adapter_uri(whole, row)), "a committed row keeps no adapter"
+
+    record = commit_row(row, ctx, out)
+    assert record["status"] == "ok" and record["record_written"], record["error"]
+    assert trainings == [1, 1], "the rerun loads the adapter instead of adapting"
+    assert record["iterations"] == 3
+    with open(os.path.join(whole, image_path("restored", "r")), "rb") as a, \
+            open(os.path.join(out, image_path("restored", "r")), "rb") as b:
+        assert a.read() == b.read()
+    assert not os.path.exists(saved)
+    assert adapter_uri(out, {"image_id": "r", "row_key": "other-settings"}) != saved

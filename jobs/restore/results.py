@@ -26,10 +26,12 @@ Owns the schema and the record I/O; imports only pyarrow/pandas and ``restore_co
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -39,6 +41,8 @@ import pyarrow.parquet as pq
 
 from restore_core import storage
 from restore_core.metrics import DEFAULT_FR, DEFAULT_NR, WEIGHT_FILES
+
+log = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"
 STATUSES = ("ok", "failed")
@@ -242,10 +246,14 @@ class PartWriter:
     """The driver's buffer of returned records: ``add`` commits the first record at once,
     then a part every ``flush_rows`` records or ``flush_s`` seconds; a failed commit keeps
     the records for the next one; ``close`` commits what is left and returns the ids it
-    could not."""
+    could not. ``on_commit(records)``, when given, is called with the records of each part
+    once it is committed (the pool deletes those rows' saved adapters); an error in it is
+    logged and leaves the commit standing."""
 
-    def __init__(self, output_uri: str, flush_rows: int = 512, flush_s: float = 10.0):
+    def __init__(self, output_uri: str, flush_rows: int = 512, flush_s: float = 10.0,
+                 on_commit: Callable[[list[dict]], None] | None = None):
         self.output_uri, self.flush_rows, self.flush_s = output_uri, flush_rows, flush_s
+        self.on_commit = on_commit
         self.buffer: list[dict] = []
         self.last = -math.inf
         self.parts = 0
@@ -263,7 +271,12 @@ class PartWriter:
             write_part(self.output_uri, self.buffer)
         except Exception:
             return False
-        self.buffer, self.parts = [], self.parts + 1
+        committed, self.buffer, self.parts = self.buffer, [], self.parts + 1
+        if self.on_commit is not None:
+            try:
+                self.on_commit(committed)
+            except Exception as exc:
+                log.warning("after committing %d records: %s: %s", len(committed), type(exc).__name__, exc)
         if self.parts % COMPACT_AT == 0:
             try:
                 compact(self.output_uri)

@@ -18,7 +18,13 @@ stage is a public function, so a bench can run a subset of them on its own data:
    corpus images of y (``index_builder.retrieval.Retriever``), fetched through fsspec.
 3. **restore** (``restore``) — ``restore_core.restore.restore_one`` (adapt a fresh LoRA,
    sample; the adapter is dropped inside the method, so the base weights are the same for
-   every row).
+   every row). With a row tracker that has an adapter location (``RowRestorer.run``,
+   ``commit_row``) the adapted LoRA is saved to ``adapters/<xx>/<id>-<row_key[:16]>.safetensors``
+   under the output before sampling (``restore_core.adaptation.adapt_or_resume``), so a
+   rerun of a row interrupted after its adaptation loads it instead of adapting again and
+   writes the same image. The key holds the row's ``row_key`` (its columns and the run's
+   settings), so other settings never load it; it is deleted once the row's record is
+   committed (``drop_adapters``).
 4. **write** (``write``) — restored/, observed/ and gt/ PNGs, each atomically, fanned out
    by a two-hex-digit digest of the id (``restored/3f/<id>.png``: 256 folders, so no folder
    holds a million files). Written before scoring, so a scoring failure keeps the image.
@@ -27,11 +33,16 @@ stage is a public function, so a bench can run a subset of them on its own data:
    metric that cannot run at all (its weights are gone) fails the row, naming the metric,
    with its restored image kept and named in the record.
 
+Progress: the row runs inside ``restore_core.progress.tracking``, so its loops report stage
+and step (adapting 12/40, sampling 60/100) to its ``RowProgress``; ``row_work`` is the
+work a row plans per stage, from its method's ``work(cfg)`` (the driver's ETA).
+
 The caller commits the returned record after the images are written (the driver in
 batched parts, ``commit_row`` one by one): the record is the row's commit. Failures are data: an ``AdirError`` becomes
 ``status=failed`` with its one-line message, any other exception ``"ExceptionType:
 message"``. ``RowRestorer`` is the Ray actor body (heavy state in ``__init__``, one row per
-call), the same shape as ``index_builder.shard_build.ShardEmbedder``. No Ray import here.
+call), the same shape as ``index_builder.shard_build.ShardEmbedder``; its ``progress``
+answers from a second thread while ``run`` works. No Ray import here.
 """
 
 from __future__ import annotations
@@ -52,7 +63,7 @@ from jobs.restore import sd_rows
 from jobs.restore.job_config import JobConfig
 from jobs.restore.manifest import row_task
 from jobs.restore.results import write_result
-from restore_core import images, metrics, storage
+from restore_core import images, metrics, progress, storage
 from restore_core.errors import AdirError, InputError, MethodError
 from restore_core.methods import get_method
 from restore_core.models.pixel_unet import DiffusionModel, load_diffusion_model
@@ -65,6 +76,7 @@ log = logging.getLogger(__name__)
 RECORD_ROW_KEYS = ("image_id", "row_key", "method", "task", "noise_sigma", "seed", "degrade", "input_uri", "gt_uri")
 #: Output folder and record column of each written image.
 IMAGE_FOLDERS = {"output_path": "restored", "observed_path": "observed", "gt_path": "gt"}
+ADAPTERS_DIR = "adapters"  # adapted LoRAs of rows not committed yet (module docstring, stage 3)
 
 
 class MetricFailed(AdirError):
@@ -153,6 +165,15 @@ def row_config(row: dict, job: JobConfig):
     return sd_rows.with_prompt(dataclasses.replace(job.restore, **changes), row)
 
 
+def row_work(row: dict, job: JobConfig) -> dict[str, int]:
+    """Units of work the row plans per progress stage (``restore_core.progress``), in order:
+    its method's ``work(cfg)`` (adaptation iterations, sampling steps × samples, …); {} for
+    a method that reports no stages."""
+    cfg = row_config(row, job)
+    work = getattr(get_method(cfg.method), "work", None)
+    return dict(work(cfg)) if work is not None else {}
+
+
 # ---- the five stages -------------------------------------------------------------------
 def load(row: dict, model: DiffusionModel, max_pixels: int) -> Measurement:
     """Stage 1: the row's measurement, following the size policy of the module docstring."""
@@ -222,9 +243,38 @@ def score(x: torch.Tensor, m: Measurement, cfg, device: str) -> dict:
     return out
 
 
+def _fan_out(image_id: str) -> str:
+    """The two-hex-digit folder of ``image_id`` (module docstring, stage 4)."""
+    return hashlib.sha1(image_id.encode()).hexdigest()[:2]
+
+
 def image_path(folder: str, image_id: str) -> str:
     """Relative path of one of a row's images under the output folder (module docstring)."""
-    return f"{folder}/{hashlib.sha1(image_id.encode()).hexdigest()[:2]}/{image_id}.png"
+    return f"{folder}/{_fan_out(image_id)}/{image_id}.png"
+
+
+def adapter_uri(output_uri: str, row: dict) -> str | None:
+    """Where the row's adapted LoRA is kept until its record is committed (module
+    docstring, stage 3); None for a row without a ``row_key`` (nothing would tell a stale
+    adapter from a current one)."""
+    if not row.get("row_key"):
+        return None
+    image_id = row["image_id"]
+    return storage.join(output_uri, ADAPTERS_DIR, _fan_out(image_id), f"{image_id}-{row['row_key'][:16]}.safetensors")
+
+
+def drop_adapters(uris: list[str]) -> None:
+    """Delete the saved adapters at ``uris`` (one call for a batch; missing ones are fine)."""
+    if not uris:
+        return
+    fs, _ = storage.filesystem(uris[0])
+    paths = [storage.filesystem(u)[1] for u in uris]
+    try:
+        fs.rm(paths)
+    except FileNotFoundError:  # local file systems refuse a batch with a missing file
+        for path in paths:
+            if fs.exists(path):
+                fs.rm(path)
 
 
 def write(output_uri: str, image_id: str, x: torch.Tensor, m: Measurement) -> dict[str, str]:
@@ -273,16 +323,21 @@ def _run_stages(row: dict, ctx: WorkerContext, output_uri: str | None, record: d
     record["seconds_score"] = time.perf_counter() - t0
 
 
-def restore_row(row: dict, ctx: WorkerContext, output_uri: str | None = None) -> dict:
+def restore_row(row: dict, ctx: WorkerContext, output_uri: str | None = None,
+                tracker: progress.RowProgress | None = None) -> dict:
     """Load, retrieve, restore, score and (when ``output_uri`` is given) write one validated
     manifest row; returns its result record, not yet committed.
 
-    Never raises for a row's own problems: they become ``status=failed`` records.
+    ``tracker`` receives the row's progress reports; with an ``adapter_uri`` it also makes
+    the adaptation resumable (module docstring), and the caller then deletes that adapter
+    once the record is committed. Never raises for a row's own problems: they become
+    ``status=failed`` records.
     """
     start = time.perf_counter()
     record = base_record(row) | {"status": "ok", "error": None, "neighbour_ids": [], "neighbour_uris": []}
     try:
-        _run_stages(row, ctx, output_uri, record)
+        with progress.tracking(tracker or progress.RowProgress(row["image_id"])):
+            _run_stages(row, ctx, output_uri, record)
     except MetricFailed as exc:  # restored and written: keep what was done, say what failed
         record.update(status="failed", error=str(exc), stop_reason="error")
     except Exception as exc:
@@ -299,13 +354,16 @@ def commit_row(row: dict, ctx: WorkerContext, output_uri: str) -> dict:
     """``restore_row`` then its record committed alone (in-process use: benches, notebooks);
     the returned dict also says ``record_written`` (False when storage refused the record:
     a rerun redoes the row)."""
-    record = restore_row(row, ctx, output_uri)
+    tracker = progress.RowProgress(row["image_id"], adapter_uri(output_uri, row))
+    record = restore_row(row, ctx, output_uri, tracker)
     try:
         write_result(output_uri, record)
         written = True
     except Exception as exc:
         record.update(status="failed", error=f"could not write the result record: {one_line(exc)}")
         written = False
+    if written and tracker.adapter:
+        drop_adapters([tracker.adapter_uri])
     return {**record, "record_written": written}
 
 
@@ -322,6 +380,7 @@ class RowRestorer:
         quiet_library_noise()
         torch.set_num_threads(max(1, threads))
         self.output_uri, self.ctx, self.error = output_uri, None, None
+        self.current: progress.RowProgress | None = None
         try:
             self.ctx = load_context(job, index_service)
         except Exception as exc:
@@ -330,6 +389,13 @@ class RowRestorer:
     def ready(self) -> dict:
         return {"pid": os.getpid(), "error": self.error}
 
-    def run(self, row: dict) -> dict:
-        """The row's record, its images written; the driver commits the record."""
-        return restore_row(row, self.ctx, self.output_uri)
+    def run(self, row: dict) -> tuple[dict, dict]:
+        """(the row's record, its final progress snapshot), its images written; the driver
+        commits the record, then deletes the row's adapter if the snapshot names one."""
+        self.current = progress.RowProgress(row["image_id"], adapter_uri(self.output_uri, row))
+        record = restore_row(row, self.ctx, self.output_uri, self.current)
+        return record, self.current.snapshot()
+
+    def progress(self) -> dict | None:
+        """The running row's ``RowProgress.snapshot`` (the last row's once it ended)."""
+        return None if self.current is None else self.current.snapshot()

@@ -34,6 +34,10 @@ Deviations, both measured by ``adir bench inversion`` (numbers in the README):
   ``loss_eps`` (RMS, [-1, 1] units) is a floor under ε; ``tau = 0`` and ``loss_eps = 0``
   give the plain lowest-residual run of N iterations.
 
+Progress (``restore_core.progress``): each evaluation of the loop is one unit of the
+tracked row's ``fitting`` stage (of ``iters``; a stop rule ends it early), for DIIP too.
+The DDIM steps inside an evaluation are not reported: one unit is a whole f(x_T).
+
 ``sphere``: after every Adam step x_T is rescaled to the sphere of radius √(C·H·W), the
 typical norm of N(0, I) samples (off by default: no gain in our measurements).
 
@@ -51,6 +55,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from restore_core import progress
 from restore_core.errors import MethodError, SamplingDivergedError
 from restore_core.methods.base import base_info, register, require_linear_operator
 from restore_core.operators import TASKS, sigma_to_model_range
@@ -108,11 +113,13 @@ def optimise_initial_noise(model, x_T: torch.Tensor, loss_fn, monitor, *, skip: 
     z = x_T.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([{"params": [z], "lr": lr}] + list(extra_params or []))
     reason, k = "iters", 0
+    progress.report("fitting", 0, iters)
     for k in range(1, iters + 1):
         x0 = ddim_decode(model, z, timesteps, unet_grad=grad == "full")
         losses = loss_fn(x0)
         if not torch.isfinite(losses).all():
             raise SamplingDivergedError(f"NaN/inf loss at iteration {k}")
+        progress.report("fitting", k, iters)
         stop = monitor(k, x0.detach(), losses.detach())
         if stop:
             reason = stop
@@ -211,6 +218,10 @@ class Shred:
         op = operator.to(y.device)
         return fit(model, y, op.forward_op, op.A_pinv(y), op.n_measurements(), cfg, op.name, generator)
 
+    def work(self, cfg) -> dict[str, int]:
+        """Units per progress stage (``restore_core.progress``): at most ``shred.iters``."""
+        return {"fitting": cfg.shred.iters}
+
 
 def anisotropic_gaussian_kernel(size: int, sigma_x: float, sigma_y: float, theta: float) -> torch.Tensor:
     """A normalised ``size``² Gaussian kernel with axes σ_x, σ_y rotated by θ (radians)."""
@@ -262,6 +273,8 @@ class ShredBlind:
                           extra_params=[{"params": [logits], "lr": s.kernel_lr}])
         info["kernel"] = kernel().detach()[0, 0].cpu()
         return x_hat, info
+
+    work = Shred.work
 
 
 register(Shred())

@@ -15,7 +15,10 @@ The adapter lives only inside ``sd_lora_adapter``: the base weights are bit-iden
 every row. Adaptation draws its seed from a copy of the row's generator (as ``adir``), so
 an adapted run samples with the same noise as its baseline at the same seed (the paper
 compares at equal seeds). With the empty prompt, classifier-free guidance is the identity
-(the conditional and unconditional predictions are the same), so it is skipped.
+(the conditional and unconditional predictions are the same), so it is skipped. For the
+same reason an adapted row interrupted after its adaptation resumes from its saved adapter
+(``adaptation.adapt_or_resume``) with the same image. Progress (``restore_core.progress``):
+``adapting`` iterations, then ``sampling`` the pipeline's steps (its step callbacks).
 
 Config fields used: ``sd.{steps, noise_level, guidance_scale, prompt, prompt_drop}``,
 adapt_iters, adapt_lr, adapt_batch, adapt_crop (None: the model's native image side, capped
@@ -29,6 +32,8 @@ import time
 
 import torch
 
+from restore_core import progress
+from restore_core.adaptation import adapt_or_resume
 from restore_core.errors import InputError, MethodError
 from restore_core.latent_adaptation import (
     inpaint_loss,
@@ -73,6 +78,16 @@ def _guidance(cfg, prompt: str, default: float) -> float:
     return scale if prompt else 1.0  # empty prompt: conditional == unconditional, guidance is the identity
 
 
+def _step_reported(steps: int):
+    """A ``callback_on_step_end`` reporting the pipeline's step i + 1 of ``steps``."""
+
+    def on_step_end(pipe, i, t, tensors):
+        progress.report("sampling", i + 1, steps)
+        return tensors
+
+    return on_step_end
+
+
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
@@ -99,7 +114,8 @@ class SDMethod:
             seed = _adaptation_seed(generator)
             with sd_lora_adapter(model.unet, cfg.lora_rank, cfg.lora_alpha, seed=seed) as params:
                 loss, extra = self._loss(model, images, operator, cfg, prompt)
-                info.update(train_adapter(params, loss, model.unet, cfg.adapt_iters, cfg.adapt_lr, seed))
+                info.update(adapt_or_resume(model.unet, cfg.adapt_iters, lambda: train_adapter(
+                    params, loss, model.unet, cfg.adapt_iters, cfg.adapt_lr, seed)))
                 info.update(extra, adapted_on=f"{len(images)} neighbours")
                 x, seconds = self._timed_sample(y, operator, model, cfg, prompt, generator)
         else:
@@ -107,10 +123,18 @@ class SDMethod:
         info["seconds_sample"] = seconds
         return x, info
 
-    def _timed_sample(self, *args):
+    def work(self, cfg) -> dict[str, int]:
+        """Units per progress stage (``restore_core.progress``): adaptation iterations (the
+        adapted methods), then the pipeline's steps."""
+        return ({"adapting": cfg.adapt_iters} if self.uses_neighbours else {}) | {"sampling": int(cfg.sd.steps)}
+
+    def _timed_sample(self, y, operator, model, cfg, prompt, generator):
         start = time.perf_counter()
+        steps = int(cfg.sd.steps)
+        progress.report("sampling", 0, steps)
         with torch.no_grad():
-            x = self._sample(*args)
+            x = self._sample(y, operator, model, cfg, prompt, generator)
+        progress.report("sampling", steps, steps)
         return x.float(), time.perf_counter() - start
 
 
@@ -139,7 +163,8 @@ class SDUpscale(SDMethod):
     def _sample(self, y, operator, model, cfg, prompt, generator):
         out = model.pipe(prompt=[prompt] * len(y), image=_to_unit(y).to(model.dtype),
                          num_inference_steps=int(cfg.sd.steps), guidance_scale=_guidance(cfg, prompt, 9.0),
-                         noise_level=int(cfg.sd.noise_level), generator=generator, output_type="pt").images
+                         noise_level=int(cfg.sd.noise_level), generator=generator, output_type="pt",
+                         callback=lambda i, t, latents: progress.report("sampling", i + 1, int(cfg.sd.steps))).images
         return out * 2 - 1
 
 
@@ -168,7 +193,8 @@ class SDEdit(SDMethod):
         h, w = y.shape[-2:]
         out = model.pipe(prompt=[prompt] * len(y), image=_to_unit(y).to(model.dtype), mask_image=fill.to(model.dtype),
                          height=h, width=w, num_inference_steps=int(cfg.sd.steps),
-                         guidance_scale=_guidance(cfg, prompt, 7.5), generator=generator, output_type="pt").images
+                         guidance_scale=_guidance(cfg, prompt, 7.5), generator=generator, output_type="pt",
+                         callback_on_step_end=_step_reported(int(cfg.sd.steps))).images
         return torch.where(fill > 0.5, out.to(y) * 2 - 1, y)
 
 
