@@ -90,9 +90,10 @@ def _case(method: str, prior, sd_models, **changes):
     ("ia_y", {"sampler": "ddrm"}),                 # a deepinv peer: its denoiser calls
     ("gd", {"sampler": "dps"}),                    # DPS skips its last call; the stage still ends at M
     ("shred", {"shred": {"iters": 5, "tau": 0.0}}),  # no stop rule: all 5 fitting iterations
+    ("diip", {"diip": {"iters": 5, "rule": "laplacian", "k_min": 10}}),  # the rule cannot fire before 5
     ("adir_sd", {}),                               # the SD upscaler's step callback
     ("adir_edit", {}),                             # the SD inpainter's callback_on_step_end
-], ids=["alg1-2-samples", "ddrm", "dps", "shred", "adir_sd", "adir_edit"])
+], ids=["alg1-2-samples", "ddrm", "dps", "shred", "diip", "adir_sd", "adir_edit"])
 def test_a_row_reports_each_stage_in_order_up_to_its_planned_total(method, changes, prior, sd_models):
     y, operator, model, cfg, neighbours = _case(method, prior, sd_models, **changes)
     plan = get_method(method).work(cfg)

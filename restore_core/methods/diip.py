@@ -209,6 +209,11 @@ class Diip:
         info["seconds_sample"] = time.perf_counter() - start
         return x_hat.clamp(-1, 1), info
 
+    def work(self, cfg) -> dict[str, int]:
+        """Units per progress stage (``restore_core.progress``): at most ``diip.iters``
+        fitting iterations (SHRED's loop reports them; a stop rule ends them early)."""
+        return {"fitting": cfg.diip.iters}
+
 
 def keep_or_input(x: torch.Tensor, y: torch.Tensor, sigma: float,
                   ref: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
