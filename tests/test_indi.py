@@ -83,3 +83,18 @@ def test_p_t_choices():
     assert float(draws["bias_t1"].mean()) > 0.6 and float(draws["bias_t0"].mean()) < 0.4
     assert 0.4 < float((draws["linear_0.5"] == 1).float().mean()) < 0.6
     assert abs(float(draws["linear_0"].mean()) - 0.5) < 0.03
+
+
+def test_indi_reports_its_sampling_steps_up_to_its_planned_total(prior, jpeg_model):
+    from restore_core import progress
+    from restore_core.methods import get_method
+    from tests.test_progress import Recorder
+
+    op = build_operator("jpeg", (3, SIZE, SIZE))
+    y = op.A(torch.rand((1, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    cfg = RestoreConfig().with_overrides([f"indi.model={jpeg_model}", "indi.steps=3", "method=indi"])
+    row = Recorder("r")
+    with progress.tracking(row):
+        restore_one(y, op, prior, cfg, seed=4)
+    assert get_method("indi").work(cfg) == {"sampling": 3}
+    assert row.reports == [("sampling", i, 3) for i in range(4)]

@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from restore_core import progress
 from restore_core.errors import MethodError, ModelLoadError
 from restore_core.methods.base import base_info, register
 from restore_core.models.indi_model import (
@@ -73,6 +74,7 @@ def indi_sample(model: IndiModel, y: torch.Tensor, steps: int, sampler: str = "i
 
     x = y + model.eps_at(1.0, eps, schedule) * noise_like(y)
     x1 = x
+    progress.report("sampling", 0, steps)
     with torch.no_grad():
         for i in range(steps):
             t = 1.0 - i * delta
@@ -88,6 +90,7 @@ def indi_sample(model: IndiModel, y: torch.Tensor, steps: int, sampler: str = "i
                 x = x + delta * (f - x1)
             else:
                 raise MethodError(f"unknown InDI sampler {sampler!r}; accepted: indi, naive, cold")
+            progress.report("sampling", i + 1, steps)
     return x
 
 
@@ -96,6 +99,10 @@ class InDI:
     needs_operator = False
     uses_neighbours = False
     tasks = INDI_TASKS  # one trained model per task
+
+    def work(self, cfg) -> dict[str, int]:
+        """Units per progress stage (``restore_core.progress``): the sampler's steps."""
+        return {"sampling": cfg.indi.steps}
 
     def restore(self, y, operator, model, cfg, *, neighbours=None, generator=None):
         icfg = cfg.indi
