@@ -3,6 +3,7 @@ rate) with a curve of ``--iters`` iterates, summaries that agree with the curve,
 rules' output never worse than both its own curve and y; bad options exit 2."""
 
 import json
+import math
 
 import pytest
 from helpers import make_tiny_prior
@@ -24,6 +25,7 @@ def test_bench_diip_rows(tmp_path):
         (t, s, lr) for t in ("denoise σ25", "jpeg σ0") for s in ("denoised", "noise") for lr in (0.01, 0.1)]
     for r in rows:
         assert len(r["curve"]) == ITERS
+        assert math.isnan(r["ref"]) == (r["start"] == "noise")  # N(0, I) inverts no image
         assert r["first"] == pytest.approx(r["curve"][0], abs=1e-3)
         assert r["last"] == pytest.approx(r["curve"][-1], abs=1e-3)
         assert r["peak"] >= max(r["curve"]) - 1e-3 and r["peak_min"] <= r["peak"]

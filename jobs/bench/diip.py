@@ -12,8 +12,9 @@ GT is used only here, never by the method). Beside it, the method's own rules
 are fed the same iterates and record where they would stop, and ``keep_or_input`` (the
 safeguard) is applied to that output.
 
-Columns (gains in dB over y, mean over crops; ``_min`` is the worst crop): ``first`` (the
-start, g(z⁰)), ``peak`` and ``peak_iter`` (the best iterate, an oracle), ``stop`` and
+Columns (gains in dB over y, mean over crops; ``_min`` is the worst crop): ``ref`` (the
+image the start inverts: y, or the prior's Tweedie estimate; none from N(0, I)), ``first``
+(the start, g(z⁰): ``ref`` less the inversion's error), ``peak`` and ``peak_iter`` (the best iterate, an oracle), ``stop`` and
 ``stop_iter`` (the rules' output after the safeguard: what the method returns), ``last``,
 and ``loss_first`` / ``loss_last`` in units of the rules' noise variance σ² (``rule_sigma``).
 The JSON holds the mean gain per iteration of every row, and the per-crop figures.
@@ -110,6 +111,7 @@ def curve_row(model, x, task: str, sigma: float, init: str, lr: float, iters: in
     starts = [start_point(model, init, y[i:i + 1], levels[i][0], d.skip, torch.Generator().manual_seed(seed + i))
               for i in range(len(y))]
     z = torch.cat([s[0] for s in starts])
+    inverted = torch.cat([s[1] for s in starts]) if init != "noise" else None
     refs = [s[1] if init == "denoised" and "noise" in rules else None for s in starts]  # as the method
     seconds_start = time.perf_counter() - start
     # one StoppingRules per image, at the image's own σ² (built in image order by Curve)
@@ -128,6 +130,7 @@ def curve_row(model, x, task: str, sigma: float, init: str, lr: float, iters: in
     stop = psnr(kept, x) - curve.y_psnr
     peak = g.max(0)
     return {"task": f"{task} σ{sigma:g}", "start": init, "lr": lr, "y_psnr": float(curve.y_psnr.mean()),
+            "ref": float((psnr(inverted, x) - curve.y_psnr).mean()) if inverted is not None else float("nan"),
             "first": float(g[0].mean()), "peak": float(peak.values.mean()), "peak_min": float(peak.values.min()),
             "peak_iter": float(peak.indices.float().mean() + 1), "stop": float(stop.mean()),
             "stop_min": float(stop.min()), "stop_iter": float(stop_k.mean()), "last": float(g[-1].mean()),
