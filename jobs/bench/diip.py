@@ -19,9 +19,11 @@ image the start inverts: y, or the prior's Tweedie estimate; none from N(0, I)),
 and ``loss_first`` / ``loss_last`` in units of the rules' noise variance σ² (``rule_sigma``).
 The JSON holds the mean gain per iteration of every row, and the per-crop figures.
 
-Example (the README's curves)::
+Examples (the README's curves: Algorithm 1 from N(0, I), then the method's denoised start;
+``--set noise_sigma=12`` fixes σ instead of estimating it)::
 
-    adir bench diip --tasks denoise:25,jpeg:0 --starts noise --lrs 0.003,0.01,0.03 --iters 80 --n-images 2
+    adir bench diip --tasks denoise:25,jpeg:0 --starts noise --lrs 0.01,0.03 --iters 40 --n-images 1
+    adir bench diip --tasks denoise:25,jpeg:0 --starts denoised --lrs 0.0003,0.003 --iters 15 --n-images 3
 """
 
 from __future__ import annotations
