@@ -62,6 +62,7 @@ class DiipConfig:
     k_min: int = 40  # neither the slope rule nor the Laplacian-variance peak counts before k_min
     patience: int = 5  # iterations past the peak before declaring it
     grad: str = "full"  # full | skip-unet, as SHRED's
+    init: str = "denoised"  # start z⁰: denoised (inversion of the prior's Tweedie estimate) | y | noise (the slides')
 
 
 @dataclass
@@ -95,6 +96,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "shred.init": ("pinv", "noise"),  # restore_core.methods.shred.INITS
     "diip.rule": ("auto", "slope", "noise", "laplacian", "both"),
     "diip.grad": ("full", "skip-unet"),
+    "diip.init": ("denoised", "y", "noise"),  # restore_core.methods.diip.INITS
     "indi.sampler": ("indi", "naive", "cold"),
     "indi.noise_schedule": ("trained", "constant", "inv_sqrt"),
 }

@@ -4,7 +4,7 @@ Algorithm 1 of the slides: z* = argmin_z ‖g(z) − y‖² (eq. 2) with g the d
 DDIM of the prior (skip ``cfg.diip.skip``), optimised by Adam from z ~ N(0, I); no
 operator is used. The loop is SHRED's (``shred.optimise_initial_noise``) with H = I.
 
-Start (deviation, ``INIT``; ``INITS`` are what ``adir bench diip`` compares): z⁰ is the
+Start (deviation, ``diip.init``; ``INITS`` are what ``adir bench diip`` compares): z⁰ is the
 exact DDIM inversion (``sampling.inversion.ddim_invert``) of the prior's own Tweedie
 estimate of the clean image from y at the noise level σ (``"denoised"``), as SHRED starts
 from the inversion of A⁺y. g's range holds noisy images as well as clean ones, so eq. 2's
@@ -79,7 +79,6 @@ from restore_core.sampling.peers import PriorDenoiser
 HIGH_FREQUENCY_TASKS = ("denoise", "jpeg")  # degradations that add high frequencies
 MIN_CHECK_SIGMA = 10.0  # floor (0-255) under every σ here (rule_sigma, start): JPEG's artefacts are not white noise
 INITS = ("denoised", "y", "noise")
-INIT = "denoised"  # the start (module doc)
 DISCREPANCY_TAU = 1.05  # the noise rule stops at L ≤ (τσ)²: Morozov's τ > 1 (module doc)
 REPRESENT_FRACTION = 0.5  # keep_or_input: the output's distance to the denoised start, over its correction
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
@@ -193,13 +192,13 @@ class Diip:
         monitor = StoppingRules(rules, d.slope_eps, d.slope_window, d.k_min, d.patience,
                                 noise_var=(DISCREPANCY_TAU * check) ** 2)
         start = time.perf_counter()
-        x_T, ref = start_point(model, INIT, y, sigma255, d.skip, generator)
+        x_T, ref = start_point(model, d.init, y, sigma255, d.skip, generator)
         loop = optimise_initial_noise(model, x_T, pixel_loss(y), monitor, skip=d.skip, iters=d.iters,
-                                      lr=start_lr(d.lr, INIT), grad=d.grad)
+                                      lr=start_lr(d.lr, d.init), grad=d.grad)
         noisy = "noise" in rules
         x_hat, kept = keep_or_input(monitor.x, y, check if noisy else 0.0,
-                                    ref if noisy and INIT == "denoised" else None)
-        info = base_info(**loop, rules=list(rules), init=INIT, noise_sigma=sigma255,
+                                    ref if noisy and d.init == "denoised" else None)
+        info = base_info(**loop, rules=list(rules), init=d.init, noise_sigma=sigma255,
                          stop_iteration=monitor.fired_at or loop["iterations"], loss_start=monitor.losses[0],
                          loss_end=monitor.losses[-1])
         if not bool(kept.all()):
