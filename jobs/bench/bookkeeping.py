@@ -11,14 +11,16 @@ parts of 512 records, compacted every 32 parts):
 * **reducer** — ``reducer.reduce`` over the manifest (summary.parquet/json, report);
 * **rerun** — ``adir restore`` on the finished output with nothing to do, in a fresh
   process as a user runs it (interpreter and imports, manifest, preflight, settings check,
-  lease, scan, the reducer finding its summary up to date): its wall time and its peak
-  memory (RSS of that process alone, ``os.wait4``), the driver's memory at N rows.
+  lease, scan, the reducer finding its summary up to date): its wall time and its own
+  peak memory (VmHWM), the driver's memory at N rows.
 
-Then **driver overhead per row** on a real Ray run of
-``--ray-rows`` pinv rows on 32² crops with 2 workers: the wall time of the row loop minus
-the workers' own row seconds (divided by the workers), per row: what the driver and Ray add
-around each row. Each measured time is extrapolated linearly to 1,000,000 rows from the two
-largest sizes. Writes ``bookkeeping.json`` under ``--output``.
+Then **driver overhead per row** on a real Ray run of ``--ray-rows`` pinv rows on 32²
+crops with 2 workers: the wall time of the row loop minus the workers' own row seconds
+(divided by the workers), per row: what the driver and Ray add around each row. Each
+measure is extrapolated linearly to 1,000,000 rows from the two largest sizes; memory is
+not linear at small sizes (allocator arenas and library pages are touched as data grows,
+then stay), so ``--rows 100000 1000000`` measures the 1M rerun itself. Writes
+``bookkeeping.json`` under ``--output``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 GOALS = {"rerun_s_1m": 60.0, "reducer_s_1m": 600.0, "driver_overhead_ms_per_row": 2.0, "driver_rss_gb": 1.0}
@@ -56,21 +57,29 @@ def _restore_args(manifest: str, out: str, model: str | None, workers: int = 2) 
     return p.parse_args(_restore_argv(manifest, out, model, workers))
 
 
+# ``adir`` in a child that reports its own peak RSS (VmHWM of its memory map) as it exits: a
+# child's ru_maxrss also counts the parent's pages it was forked from
+_CHILD = """import sys
+from jobs.cli import main
+code = main(sys.argv[1:])
+print("peak-rss-kib", next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+sys.exit(code)
+"""
+
+
 def rerun(argv: list[str]) -> tuple[int, str, float, float]:
     """``adir restore argv`` in a fresh process: (exit code, its output, wall seconds, its
-    peak RSS in GiB)."""
+    own peak RSS in GiB)."""
     import jobs
 
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(jobs.__file__)))}
-    with tempfile.TemporaryFile("w+") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "restore", *argv], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        return proc.returncode, log.read(), seconds, usage.ru_maxrss / 2**20  # KiB on Linux
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CHILD, "restore", *argv], capture_output=True, text=True,
+                          env=env, check=False)
+    seconds = time.perf_counter() - start
+    reported = proc.stdout.rsplit("peak-rss-kib", 1)[1:]  # absent when the child crashed
+    gib = int(reported[0].split()[0]) / 2**20 if reported else float("nan")
+    return proc.returncode, proc.stdout + proc.stderr, seconds, gib
 
 
 def _manifest(folder: str, n: int, photo: str) -> str:
