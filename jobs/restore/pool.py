@@ -1,13 +1,16 @@
 """The restore job's actor pool: rows streamed over ``RowRestorer`` actors, records committed in parts.
 
-Each actor holds one row at a time and gets the next when it returns, so rows spread
-evenly. An actor writes a row's images and returns its record; the driver commits the
+Each actor restores one row at a time and has ``ROWS_PER_ACTOR`` (2) rows queued, so it
+never waits for the driver's round trip between rows (what dominates with millisecond
+rows); rows still spread evenly, as the next row goes to the actor that just returned one.
+An actor writes a row's images and returns its record; the driver commits the
 records in batched parts (``jobs.restore.results.PartWriter``), so the bookkeeping per row
 is a list append, not an object write. Once a row's record is committed, the adapter its
 actor saved for it (``jobs.restore.row.adapter_uri``: the resume point of a row interrupted
 after its adaptation) is deleted, in one batch per part.
 
-Progress inside a row: the actors are threaded (``max_concurrency=2``), so while ``run``
+Progress inside a row: ``progress`` runs in its own concurrency group (one thread of its
+own; ``run`` calls stay one at a time, in order, in the default group), so while ``run``
 works on a row, ``progress`` answers with the row's stage and step
 (``restore_core.progress``). While it waits, the driver asks every ``PROGRESS_POLL_S``
 seconds without waiting for the answers (``LivePoll``), and prints throttled lines
@@ -57,6 +60,8 @@ READY_TIMEOUT_S = 600.0  # actors not ready by then: the cluster cannot place th
 PROGRESS_POLL_S = 2.0  # how often the driver asks the in-flight rows' actors where they are
 PROGRESS_EVERY_S = 5.0  # at most one progress line per this many seconds (and one at the end)
 SHOWN_IN_FLIGHT = 4  # in-flight rows named in a progress line; the others are counted
+ROWS_PER_ACTOR = 2  # rows sent to an actor ahead of its results: the one it runs and the next
+PROGRESS_GROUP = "progress"  # the actors' concurrency group of ``progress``
 
 
 class RayUnavailable(RuntimeError):
@@ -257,7 +262,7 @@ class LivePoll:
         asked = set(self.pending.values())
         for actor in actors:
             if actor not in asked:
-                self.pending[actor.progress.remote()] = actor
+                self.pending[actor.progress.options(concurrency_group=PROGRESS_GROUP).remote()] = actor
         self.progress.tick()
 
 
@@ -347,9 +352,9 @@ def run_rows(ray, job, todo: Iterable[dict], output: str, ready_timeout_s: float
     from ray.exceptions import RayActorError, RayTaskError
 
     num_cpus, threads = _resources(ray, job)
-    actor_cls = ray.remote(RowRestorer).options(
+    actor_cls = ray.remote(concurrency_groups={PROGRESS_GROUP: 1})(RowRestorer).options(  # module docstring
         num_cpus=num_cpus, num_gpus=job.gpus_per_worker, max_restarts=-1, max_task_retries=ROW_ATTEMPTS - 1,
-        max_concurrency=2, runtime_env={"env_vars": forwarded_env()})  # run + progress (module docstring)
+        runtime_env={"env_vars": forwarded_env()})
     total = len(todo) if total is None else total
     n_actors = min(job.workers, total)
     service, index_shards = start_index_servers(job) if total else (None, [])
@@ -366,25 +371,37 @@ def run_rows(ray, job, todo: Iterable[dict], output: str, ready_timeout_s: float
         poll = LivePoll(ray, progress, PROGRESS_POLL_S)
         queue = iter(todo)
         in_flight: dict = {}  # ref -> (actor, row)
+        lanes: dict = {actor: [] for actor in actors}  # actor -> its rows in order; the first is running
+
+        def begin(row) -> None:  # the row its actor works on now: its planned work joins the ETA
+            try:
+                plan = row_work(row, job)
+            except AdirError:  # the row fails on its worker and says why
+                plan = {}
+            progress.started(row["image_id"], row["method"], plan)
 
         def dispatch(actor) -> None:
             row = next(queue, None)
             if row is not None:
                 in_flight[actor.run.remote(row)] = (actor, row)
-                try:
-                    plan = row_work(row, job)
-                except AdirError:  # the row fails on its worker and says why
-                    plan = {}
-                progress.started(row["image_id"], row["method"], plan)
+                lanes[actor].append(row)
+                if len(lanes[actor]) == 1:
+                    begin(row)
 
         def poll_in_flight() -> None:
-            poll([actor for actor, _ in in_flight.values()])
+            poll([actor for actor, lane in lanes.items() if lane])
 
-        for actor in actors:
-            dispatch(actor)
+        for _ in range(ROWS_PER_ACTOR):
+            for actor in actors:
+                dispatch(actor)
         while in_flight:
             ref = wait_any(ray, list(in_flight), idle=poll_in_flight)[0]
             actor, row = in_flight.pop(ref)
+            lane = lanes[actor]
+            head = lane[0] is row
+            lane.remove(row)
+            if head and lane:
+                begin(lane[0])
             snapshot = None
             try:
                 record, snapshot = ray.get(ref)
