@@ -8,7 +8,7 @@ On a fresh machine with no network it:
 2. exports one crop per *held-out* photograph (never seen by the prior, the embedder or
    the index) and writes a manifest that degrades each with ``sr4``, ``deblur_box5`` and
    ``colorize`` (benchmark mode: the crop is the ground truth), once for ADIR and once
-   for plain guided diffusion (GD) as the comparison;
+   without adaptation (``gd``) as the comparison, both sampled by DDRM (``SAMPLER``);
 3. restores the manifest with ``adir restore`` (the fast preset, local Ray, 2 workers);
    the reducer writes ``summary.json`` and ``report.html``;
 4. prints the path of ``report.html``.
@@ -44,8 +44,15 @@ class DemoSize:
 
     corpus: int  # training crops embedded into the retrieval index
     heldout: int  # held-out crops restored (each with every task and method)
-    restore_overrides: tuple[str, ...]  # restore keys on top of the fast preset
+    restore_overrides: tuple[str, ...]  # restore keys on top of the fast preset and ``SAMPLER``
 
+
+# The sampler of every demo row (``restore_core.sampling.peers``). Colorize observes only the
+# channel mean, so its chroma is the prior's as the sampler draws it: with the shipped prior,
+# Algorithm 1 and DiffPIR turn colorized crops blue (the prior's own unconditional samples
+# are blue fields) while DDRM gives muted colour without a cast (``adir bench colorize``,
+# README "Demo"); tests/test_colorize.py holds the demo to that.
+SAMPLER = "ddrm"
 
 SIZES: dict[str, DemoSize] = {
     # 3 crops x 3 tasks x 2 methods = 18 rows. adapt_crop=32: the prior was trained on
@@ -145,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
                 "--set", f"index={index_uri}"]
         if args.model:
             argv += ["--set", f"model={args.model}"]
-        for item in size.restore_overrides:
+        for item in (f"sampler={SAMPLER}",) + size.restore_overrides:
             argv += ["--set", item]
         code = _run_cli(restore_job, argv)
     finally:
