@@ -303,3 +303,16 @@ def test_doctests_of_every_submodule():
     for name in names:
         result = doctest.testmod(importlib.import_module(name))
         assert result.failed == 0 and result.attempted > 0, name
+
+
+def test_colorize_observes_the_channel_mean_and_its_data_terms_carry_no_chroma():
+    """y is the channel mean (the observation production rows make, ``jobs.restore.row``),
+    and Aᵀr and A⁺y are grey: a data step moves x along (1, 1, 1) only, so the colour of a
+    colorization is the prior's (``jobs.bench.colorize``), never the guidance's."""
+    op = build_operator("colorize", (3, 8, 8)).to(torch.float64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand((2, 3, 8, 8), generator=g, dtype=torch.float64) * 2 - 1
+    assert torch.allclose(op.A(x), x.mean(dim=1, keepdim=True), atol=1e-12)
+    r = torch.randn((2, 1, 8, 8), generator=g, dtype=torch.float64)
+    for image in (op.A_adjoint(r), op.A_pinv(r)):
+        assert torch.allclose(image - image.mean(dim=1, keepdim=True), torch.zeros_like(image), atol=1e-12)
