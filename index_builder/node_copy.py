@@ -127,6 +127,14 @@ def _write_single_file_index(index_uri: str, m: dict, folder: str) -> None:
         rows.write_table(ids)
 
 
+def check_mappable(index_uri: str, m: dict | None = None) -> None:
+    """``ConfigError`` when the index at ``index_uri`` (its manifest ``m``) cannot be mapped."""
+    m = read_manifest(index_uri) if m is None else m
+    if m["kind"] == "kdtree":
+        raise ConfigError(f"index {index_uri} is a k-d tree (rebuilt in memory on load); it cannot be "
+                          "memory-mapped: set index_mmap=false or rebuild it as another kind")
+
+
 def node_copy(index_uri: str, cache_dir: str | None = None) -> str:
     """The local folder of this node's copy of ``index_uri``, written once (module doc)."""
     m = read_manifest(index_uri)
@@ -137,9 +145,7 @@ def node_copy(index_uri: str, cache_dir: str | None = None) -> str:
     with open(folder + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
         if not os.path.exists(os.path.join(folder, MARKER)):
-            if m["kind"] == "kdtree":
-                raise ConfigError(f"index {index_uri} is a k-d tree (rebuilt in memory on load); it cannot be "
-                                  "memory-mapped: set index_mmap=false or rebuild it as another kind")
+            check_mappable(index_uri, m)
             shutil.rmtree(folder, ignore_errors=True)  # an interrupted copy
             os.makedirs(folder)
             write = _write_parts_index if m.get("layout") == "parts" else _write_single_file_index

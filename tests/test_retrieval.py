@@ -85,3 +85,18 @@ def test_memory_mapped_copy_gives_the_loaded_neighbours(corpus, index_dir, tmp_p
             assert mapped.neighbours(y, 5, mode=mode) == loaded.neighbours(y, 5, mode=mode)
     with pytest.raises(ConfigError, match="k-d tree .* cannot be memory-mapped"):
         Retriever.load(index_dir[0], mmap=True)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_memory_mapping_a_kdtree_index_is_refused_before_any_work(index_dir, mmap):
+    from jobs.restore import preflight
+    from jobs.restore.job_config import build_job_config
+    from restore_core.errors import ConfigError
+
+    uri, _ = index_dir
+    job = build_job_config(None, [f"index={uri}", f"index_mmap={str(mmap).lower()}"], workers=1)
+    if mmap:
+        with pytest.raises(ConfigError, match="k-d tree .* cannot be memory-mapped"):
+            preflight.check_paths(job)
+    else:
+        preflight.check_paths(job)

@@ -82,8 +82,13 @@ def check_text_retrieval(job) -> None:
 
 
 def check_paths(job) -> None:
+    """The prior and index paths exist; an index to memory-map (``index_mmap``) can be mapped."""
     for key in ("model", "index"):
         check_path(key, getattr(job, key))
+    if job.index and job.index_mmap:
+        from index_builder.node_copy import check_mappable
+
+        reach("index", job.index, lambda: check_mappable(job.index))
 
 
 def check_path(what: str, uri: str | None) -> None:
