@@ -104,7 +104,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE: tuple[str, ...] = (
     "k", "adapt_iters", "adapt_lr", "adapt_batch", "lora_rank", "lora_alpha", "steps",
     "max_pixels", "shred.skip", "shred.iters", "shred.kernel_size", "shred.kernel_lr",
-    "diip.skip", "diip.iters", "diip.lr", "indi.steps", "sd.steps", "samples",
+    "diip.skip", "diip.iters", "diip.lr", "indi.steps", "sd.steps", "samples", "dps_weight",
 )
 
 
@@ -134,6 +134,7 @@ class RestoreConfig:
     sampler: str = "alg1"  # alg1 (ADIR Algorithm 1) | ddrm | diffpir | dps (deepinv, sampling.peers)
     noise_sigma: float = -1.0  # σ_y (0-255) the peer samplers assume; < 0: estimated from y
     samples: int = 1  # posterior samples averaged into the output (> 1: the fidelity output)
+    dps_weight: float = 300.0  # DPS guidance step ("norm" guidance); tuned on training crops (README "Peers")
     metrics: tuple[str, ...] = ()  # () -> restore_core.metrics defaults
     metrics_weights_dir: str | None = None
     max_pixels: int = 40_000_000  # decompression-bomb cap on input pixels

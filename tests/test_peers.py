@@ -147,6 +147,18 @@ def test_fidelity_output_averages_posterior_samples(model):
     assert float((mean - mean.mean()).std()) < float((first - first.mean()).std()) + 1e-6  # averaging smooths
 
 
+def test_dps_weight_reaches_the_sampler(model):
+    op = build_operator("sr4", (3, SIZE, SIZE))
+    y = op.degrade(_images(), 10.0, torch.Generator().manual_seed(1))
+    cfg = RestoreConfig().with_overrides(["sampler=dps", "steps=4", "noise_sigma=10"])
+    default, _ = restore_one(y, op, model, cfg, method="gd", seed=2)
+    runs = {w: restore_one(y, op, model, cfg.with_overrides([f"dps_weight={w}"]), method="gd", seed=2)[0]
+            for w in (300, 1)}
+    assert torch.equal(default, runs[300]) and not torch.equal(runs[300], runs[1])
+    with pytest.raises(ConfigError):
+        cfg.with_overrides(["dps_weight=0"])
+
+
 def test_ddrm_beats_bicubic_on_sr4_with_the_shipped_prior():
     """A real held-out photo, the shipped prior, σ = 10: DDRM (the fidelity preset's
     sampler, 25 steps to keep the test short) must beat the bicubic baseline on PSNR."""

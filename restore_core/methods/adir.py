@@ -103,7 +103,7 @@ def sample(y, operator, model, cfg, generator, structure=None) -> tuple[torch.Te
                                          generator=generator, scale_mode=cfg.guidance_mode)
         else:
             x, info = peer_sample(model, y, operator, cfg.sampler, steps=cfg.steps, noise_sigma=cfg.noise_sigma,
-                                  generator=generator, structure=structure)
+                                  generator=generator, structure=structure, dps_weight=cfg.dps_weight)
         total = x if total is None else total + x
         seconds += info["seconds_sample"]
     info = dict(info, sampler=cfg.sampler, samples=cfg.samples, seconds_sample=seconds)

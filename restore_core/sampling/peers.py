@@ -46,13 +46,13 @@ import time
 import torch
 
 from restore_core import progress
+from restore_core.config import RestoreConfig
 from restore_core.errors import ConfigError, InputError
 
 SAMPLERS = ("alg1", "ddrm", "diffpir", "dps")
 PEERS = SAMPLERS[1:]
 DDRM_ETA, DDRM_ETAB = 0.85, 1.0  # deepinv defaults (the DDRM paper's)
 DIFFPIR_ZETA, DIFFPIR_LAMBDA = 0.1, 7.0  # deepinv defaults
-DPS_WEIGHT = 300.0  # "norm" guidance step; tuned on training-split crops (README "Peers"), deepinv's 1.0 barely guides
 MIN_NOISE_01 = 0.5 / 255  # DiffPIR's ρ_t = λσ²/σ_t² needs σ_y > 0
 
 
@@ -131,8 +131,8 @@ def _seed(generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (2,), generator=first)[1])
 
 
-def _build(sampler: str, denoiser, model, steps: int, sigma01: float, seed: int, device):
-    """The deepinv sampler object for ``sampler`` (settings in the module constants)."""
+def _build(sampler: str, denoiser, model, steps: int, sigma01: float, seed: int, device, dps_weight: float):
+    """The deepinv sampler object for ``sampler`` (settings in the module constants, and DPS's weight)."""
     import deepinv
 
     if sampler == "ddrm":
@@ -142,16 +142,18 @@ def _build(sampler: str, denoiser, model, steps: int, sigma01: float, seed: int,
         return deepinv.sampling.DiffPIR(denoiser, deepinv.optim.data_fidelity.L2(), sigma=sigma01,
                                         max_iter=steps, zeta=DIFFPIR_ZETA, lambda_=DIFFPIR_LAMBDA, device=device)
     rng = torch.Generator(device=device).manual_seed(seed)
-    return deepinv.sampling.DPS(denoiser, num_steps=steps, weight=DPS_WEIGHT, device=device, rng=rng,
+    return deepinv.sampling.DPS(denoiser, num_steps=steps, weight=dps_weight, device=device, rng=rng,
                                 dtype=torch.float32)
 
 
 def peer_sample(model, y: torch.Tensor, operator, sampler: str, steps: int | None = None,
-                noise_sigma: float = -1.0, generator=None, structure=None) -> tuple[torch.Tensor, dict]:
+                noise_sigma: float = -1.0, generator=None, structure=None,
+                dps_weight: float = RestoreConfig.dps_weight) -> tuple[torch.Tensor, dict]:
     """Sample x̂ (B, C, H, W) in [−1, 1] for ``y`` with the deepinv ``sampler`` on ``model``.
 
     ``noise_sigma`` is σ_y on the 0–255 scale; < 0 estimates it from y. ``structure``: the
-    operator's ``check_sampler`` result, when the caller has it already. Returns (x̂, info)
+    operator's ``check_sampler`` result, when the caller has it already. ``dps_weight``: DPS's
+    guidance step (``RestoreConfig.dps_weight``; deepinv's default 1.0 barely guides). Returns (x̂, info)
     with ``steps``, ``sampler``, ``noise_sigma_assumed`` and ``seconds_sample``.
     """
     from restore_core.sampling.svd_physics import to_physics
@@ -177,7 +179,7 @@ def peer_sample(model, y: torch.Tensor, operator, sampler: str, steps: int | Non
     progress.report("sampling", 0, steps)
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
         torch.manual_seed(seed)
-        runner = _build(sampler, denoiser, model, steps, sigma01, seed, device)
+        runner = _build(sampler, denoiser, model, steps, sigma01, seed, device, dps_weight)
         if sampler == "dps":
             x01 = runner(y01, physics, x_init=(y.shape[0],) + tuple(operator.image_shape), seed=seed)
         else:
