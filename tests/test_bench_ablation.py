@@ -122,8 +122,14 @@ def test_rerun_resumes_the_rows_an_interrupted_run_left(assets, tmp_path):
     assert again[:len(first)] == first
     assert [r["psnr"] for r in again] == pytest.approx([r["psnr"] for r in full], abs=1e-4)
     assert json.loads((out / "ablation.json").read_text())[0]["psnr"] == pytest.approx(table[0]["psnr"], abs=1e-4)
+    # more images extend the run: the first two crops' rows are reused as written, a third is added
+    longer = argv[:argv.index("--images") + 1] + ["3"] + argv[argv.index("--images") + 2:]
+    assert adir(longer) == 0
+    extended = pq.read_table(out / "ablation_rows.parquet").to_pylist()
+    assert extended[:len(full)] == again and len({r["image_id"] for r in extended}) == 3
+    assert adir(argv) == 2  # fewer images would drop rows: refused
     # other inputs into the same folder: a clear error, and --overwrite starts over
-    changed = argv[:argv.index("--steps") + 1] + ["4"] + argv[argv.index("--steps") + 2:]
+    changed = longer[:longer.index("--steps") + 1] + ["4"] + longer[longer.index("--steps") + 2:]
     assert adir(changed) == 2
     assert adir(changed + ["--overwrite"]) == 0
     assert json.loads((out / "ablation_run.json").read_text())["config"]["steps"] == 4

@@ -115,9 +115,15 @@ def run_info(args, setup, seconds: float, **extra) -> dict:
 
 
 def previous_rows(output: str, name: str, run: dict, keys: tuple[str, ...] = RESUME_KEYS) -> dict[tuple[str, str], dict]:
-    """The successful rows of an interrupted (or shorter) run ``name`` in ``output``, keyed
-    by (image_id, arm), when that run's inputs (``keys``) equal ``run``'s; ``ConfigError``
-    naming the differences otherwise (nothing is silently mixed or thrown away)."""
+    """The successful rows of an interrupted or shorter run ``name`` in ``output``,
+    keyed by (image_id, arm), when that run's inputs (``keys``) equal ``run``'s; ``ConfigError``
+    naming the differences otherwise (nothing is silently mixed or thrown away).
+
+    The image lists match when the earlier one is a prefix of this one: crops are drawn in
+    sequence from ``--seed`` and each crop's noise is seeded by its position, so image i is
+    the same crop and the same y in a run of 6 images as in a run of 20, and ``--images 20``
+    extends a finished ``--images 6`` run. A shorter rerun is refused, since rewriting the
+    tables would drop the longer run's rows."""
     import pyarrow.parquet as pq
 
     from restore_core.errors import ConfigError
@@ -131,7 +137,13 @@ def previous_rows(output: str, name: str, run: dict, keys: tuple[str, ...] = RES
     def canon(x):
         return json.loads(json.dumps(x, default=str))
 
-    differs = [k for k in keys if canon(before.get(k)) != canon(run.get(k))]
+    def same(key):
+        old, new = canon(before.get(key)), canon(run.get(key))
+        if key == "images" and isinstance(old, list) and isinstance(new, list):
+            return old == new[:len(old)]
+        return old == new
+
+    differs = [k for k in keys if not same(k)]
     differs += [f"index.{k}" for k in RESUME_INDEX_KEYS
                 if canon((before.get("index") or {}).get(k)) != canon(run["index"].get(k))]
     if differs:
