@@ -54,15 +54,18 @@ def _final_weights(module, run_dir, out_dir, steps: int, argv: list[str]) -> dic
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("which", ["prior", "embedder"])
+@pytest.mark.parametrize("which", ["prior", "prior_synthetic", "embedder"])
 def test_training_resumes_like_uninterrupted(tmp_path, which):
     """Stopping after 2 steps and rerunning to 4 gives the same weights, optimiser and step
-    count as 4 uninterrupted steps; the exported model is loadable."""
+    count as 4 uninterrupted steps (also with dead-leaves images in the pools); the exported
+    model is loadable."""
     from jobs.train import embedder as train_embedder
     from jobs.train import prior as train_prior
 
-    module, argv = (train_prior, PRIOR_ARGV) if which == "prior" else (train_embedder, EMBEDDER_ARGV)
-    key = "unet" if which == "prior" else "model"
+    module, argv = {"prior": (train_prior, PRIOR_ARGV),
+                    "prior_synthetic": (train_prior, PRIOR_ARGV + ["--synthetic", "0.5"]),
+                    "embedder": (train_embedder, EMBEDDER_ARGV)}[which]
+    key = "model" if which == "embedder" else "unet"
     straight = _final_weights(module, tmp_path / "a", tmp_path / "out_a", 4, argv)
     _final_weights(module, tmp_path / "b", tmp_path / "out_b", 2, argv)
     resumed = _final_weights(module, tmp_path / "b", tmp_path / "out_b", 4, argv)
@@ -71,8 +74,10 @@ def test_training_resumes_like_uninterrupted(tmp_path, which):
         assert torch.equal(value, resumed[key][name]), name
     meta = json.loads((tmp_path / "out_b" / "training.json").read_text())
     assert meta["steps"] == 4 and meta["seed"] == 0 and meta["command"]
-    if which == "prior":
+    if which != "embedder":
         from restore_core.models.pixel_unet import load_diffusion_model
+
+        assert meta["synthetic_fraction"] == (0.5 if which == "prior_synthetic" else 0.0)
 
         model = load_diffusion_model(str(tmp_path / "out_b"))
         assert model.schedule.alphas_cumprod.shape[0] == 1000
@@ -85,6 +90,47 @@ def test_training_resumes_like_uninterrupted(tmp_path, which):
         model = open_clip.create_model(train_embedder.MODEL_NAME, pretrained=str(weights))
         assert torch.equal(model.state_dict()["visual.conv1.weight"], load_file(weights)["visual.conv1.weight"])
         assert set(meta["recall_at_20_heldout"]) == set(train_embedder.EVAL_TASKS)
+
+
+def _spectral_slope(images: torch.Tensor) -> float:
+    """The slope of the radially averaged log power spectrum against log frequency."""
+    import numpy as np
+
+    grey = images.mean(1)
+    power = torch.fft.fftshift(torch.fft.fft2(grey - grey.mean((1, 2), keepdim=True)), dim=(-2, -1)).abs() ** 2
+    p = power.mean(0).numpy()
+    c = p.shape[0] // 2
+    yy, xx = np.mgrid[:p.shape[0], :p.shape[1]]
+    ring = np.hypot(yy - c, xx - c).astype(int).ravel()
+    radial = np.bincount(ring, p.ravel()) / np.bincount(ring)
+    k = np.arange(2, c)
+    return float(np.polyfit(np.log(k), np.log(radial[k]), 1)[0])
+
+
+def test_dead_leaves_have_the_statistics_of_photos():
+    """Dead-leaves images are seeded, in range, made of the palette's colours (every pixel is
+    one without anti-aliasing), occlude at many scales, and their power spectrum falls like
+    the training photos' (slope near -2), unlike white noise (0) or a single flat disk."""
+    from jobs.train.dead_leaves import dead_leaves, photo_palette
+    from restore_core.errors import InputError
+
+    palette = photo_palette(TRAIN_PHOTOS[:3], per_photo=256)
+    assert palette.shape == (768, 3)
+    a = dead_leaves(64, 32, palette, seed=5)
+    assert a.shape == (64, 3, 32, 32) and torch.equal(a, dead_leaves(64, 32, palette, seed=5))
+    assert not torch.equal(a, dead_leaves(64, 32, palette, seed=6)) and a.min() >= -1 and a.max() <= 1
+    sharp = dead_leaves(8, 32, palette, seed=5, supersample=1)
+    pixels = sharp.permute(0, 2, 3, 1).reshape(-1, 3)
+    exact = torch.cdist(pixels, palette, compute_mode="donot_use_mm_for_euclid_dist")
+    assert exact.min(1).values.max() < 1e-6  # every pixel is a palette colour
+    regions = [len(torch.unique(img.flatten(1), dim=1).T) for img in sharp]
+    assert min(regions) >= 10  # many leaves in every image, not one flat field
+    photos, _ = random_crops(TRAIN_PHOTOS, 64, 32, seed=0)
+    slope, photo_slope = _spectral_slope(a), _spectral_slope(photos)
+    assert -3.2 < slope < -1.6 and abs(slope - photo_slope) < 0.8, (slope, photo_slope)
+    assert _spectral_slope(torch.rand(64, 3, 32, 32)) > -0.5
+    with pytest.raises(InputError):
+        dead_leaves(4, 32, palette, r_min=40)
 
 
 def test_supcon_loss_prefers_matching_photos():

@@ -4,7 +4,8 @@ An ε-prediction DDPM ("Denoising Diffusion Probabilistic Models", ℓ_simple, e
 eq. 6 of the ADIR paper: ‖ε − ε_θ(√ᾱ_t x + √(1−ᾱ_t) ε, t)‖²) with a diffusers
 ``UNet2DModel`` and a linear-β ``DDPMScheduler`` of T = 1000, trained on random crops of
 the bundled prior training photos (``restore_core.bundled_photos.PRIOR_TRAIN_PHOTOS``;
-the held-out photos never enter training).
+the held-out photos never enter training), optionally mixed with synthetic dead-leaves
+images (``--synthetic``, ``jobs.train.dead_leaves``).
 
 The UNet is fully convolutional with no attention, so it is trained on small patches
 (32² by default: four times cheaper per step than 64²) and runs at 64² or larger at
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.train import loop
+from jobs.train import dead_leaves, loop
 from restore_core.bundled_photos import HELDOUT_PHOTOS, PRIOR_TRAIN_PHOTOS, random_crops
 from restore_core.errors import ConfigError
 from restore_core.models.pixel_unet import conv_unet
@@ -65,6 +66,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None,
                    help="start a new run from an exported prior folder (its EMA weights, step and "
                         "held-out history; fresh optimiser and warm-up; --minutes counts from here)")
+    p.add_argument("--synthetic", type=float, default=0.0,
+                   help="fraction of every data pool made of dead-leaves images (jobs.train.dead_leaves) "
+                        "coloured from the training photos' pixels (default 0: photos only)")
     p.add_argument("--anneal", action="store_true",
                    help="cosine-decay the learning rate to 5%% over this phase's --minutes budget")
 
@@ -106,6 +110,8 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.anneal and not args.minutes:
         raise ConfigError("--anneal needs a --minutes budget")
+    if not 0 <= args.synthetic < 1:
+        raise ConfigError(f"--synthetic is a fraction of each pool in [0, 1), got {args.synthetic}")
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     channels = tuple(int(c) for c in args.channels.split(","))
@@ -153,6 +159,7 @@ def main(args: argparse.Namespace) -> int:
             "seed": args.seed, "steps": state["step"], "batch": args.batch, "patch": args.patch,
             "channels": list(channels), "layers_per_block": unet.config.layers_per_block,
             "parameters": n_params, "lr": args.lr, "anneal": args.anneal, "ema_decay": args.ema_decay,
+            "synthetic_fraction": args.synthetic,
             "final_train_loss": state.get("loss", float("nan")), "wall_seconds": round(state["seconds"], 1),
             "heldout_loss_vs_time": state["history"], "train_photos": list(PRIOR_TRAIN_PHOTOS),
             "heldout_photos": list(HELDOUT_PHOTOS), "earlier_phases": state.get("earlier_phases", []),
@@ -165,8 +172,15 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(old, ignore_errors=True)
         log.info("exported EMA weights at step %d to %s", state["step"], out)
 
+    n_synthetic = round(args.pool * args.synthetic)
+    palette = dead_leaves.photo_palette(PRIOR_TRAIN_PHOTOS) if n_synthetic else None
+
     def make_pool(seed: int) -> tuple[torch.Tensor]:
-        return (random_crops(PRIOR_TRAIN_PHOTOS, args.pool, args.patch, seed=seed, scales=(0.25, 1.0))[0],)
+        photos = random_crops(PRIOR_TRAIN_PHOTOS, args.pool - n_synthetic, args.patch, seed=seed, scales=(0.25, 1.0))[0]
+        if not n_synthetic:
+            return (photos,)
+        mixed = torch.cat([photos, dead_leaves.dead_leaves(n_synthetic, args.patch, palette, seed=seed)])
+        return (mixed[torch.randperm(len(mixed), generator=torch.Generator().manual_seed(seed))],)
 
     def train_step(batch: tuple[torch.Tensor], step: int) -> float:
         (x0,) = batch
