@@ -42,6 +42,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "inversion": ("jobs.bench.inversion", "SHRED/DIIP diagnostic: DDIM-invert crops and regenerate; SHRED from each start"),
     "diip": ("jobs.bench.diip", "DIIP diagnostic: PSNR-vs-iteration curves per start and learning rate, where its rules stop"),
     "colorize": ("jobs.bench.colorize", "colorize's colour cast per sampler against the ground truth and the prior's own samples"),
+    "pair": ("jobs.bench.pair", "two runs of one bench on the same crops (two priors, say), paired image by image"),
     "core": ("jobs.bench.core", "forward / sampling / adaptation timings of a 64² UNet"),
     "gpu": ("jobs.bench.gpu", "paper-scale figures on one GPU: 256² guided-diffusion forward, ADIR rows, faiss, embedding"),
 }

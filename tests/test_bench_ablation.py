@@ -155,3 +155,29 @@ def test_peers_bench_runs_every_arm_on_the_same_crops_and_resumes(assets, tmp_pa
             ("ia_oracle", "ddrm", "psnr")} <= {(p["arm"], p["vs"], p["metric"]) for p in pairs}
     assert adir(argv) == 0  # a rerun reuses every row as written
     assert pq.read_table(out / "peers_rows.parquet").to_pylist() == rows
+
+
+def test_pair_compares_two_runs_on_the_same_crops(assets, tmp_path):
+    """``bench pair`` matches two runs image by image: the deterministic pinv arm differs by
+    exactly 0, a changed sampler config by the per-image differences of the two tables;
+    runs of other crops are refused with what differs."""
+    import shutil
+
+    prior, embedder = assets
+    base = ["bench", "peers", "--task", "sr4", "--images", "2", "--k", "2", "--corpus", "6", "--samplers", "ddrm",
+            "--arms", "pinv,ddrm", "--model", prior, "--embedder", embedder, "--save-images", "0"]
+    assert adir(base + ["--steps", "3", "--output", str(tmp_path / "a")]) == 0
+    assert adir(base + ["--steps", "5", "--output", str(tmp_path / "b"), "--index", str(tmp_path / "a" / "index")]) == 0
+    assert adir(["bench", "pair", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "pair.json")]) == 0
+    gains = {(g["arm"], g["metric"]): g for g in json.loads((tmp_path / "pair.json").read_text())["gains"]}
+    assert gains[("pinv", "psnr")]["gain"] == 0 and gains[("pinv", "psnr")]["n"] == 2
+    rows = {run: {r["image_id"]: r["psnr"] for r in pq.read_table(tmp_path / run / "peers_rows.parquet").to_pylist()
+                  if r["arm"] == "ddrm"} for run in ("a", "b")}
+    expected = sum(rows["b"][i] - rows["a"][i] for i in rows["a"]) / 2
+    assert gains[("ddrm", "psnr")]["gain"] == pytest.approx(expected) and expected != 0
+    assert {m for a, m in gains} == {"psnr", "ssim", "gmsd", "nlpd"}
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    run = json.loads((tmp_path / "c" / "peers_run.json").read_text())
+    (tmp_path / "c" / "peers_run.json").write_text(json.dumps({**run, "seed": 1}))
+    assert adir(["bench", "pair", str(tmp_path / "a"), str(tmp_path / "c")]) == 2
+    assert adir(["bench", "pair", str(tmp_path / "a"), str(tmp_path / "b"), "--arms", "alg1"]) == 2
