@@ -145,14 +145,19 @@ def test_peers_bench_runs_every_arm_on_the_same_crops_and_resumes(assets, tmp_pa
     table = json.loads((out / "peers.json").read_text())
     names = [t["arm"] for t in table]
     assert names == ["pinv", "alg1", "alg1_fid", "alg1_adir", "ddrm", "ddrm_fid", "ddrm_adir", "ia_y", "ia_random",
-                     "ia_oracle", "fidelity"]
+                     "ia_oracle", "ia_open", "fidelity"]
     for t in table:
         assert t["n_failed"] == 0 and all(math.isfinite(t[k]) for k in ("psnr", "ssim", "gmsd", "nlpd"))
     rows = pq.read_table(out / "peers_rows.parquet").to_pylist()
     assert len({r["image_id"] for r in rows}) == 1 and len(rows) == len(names)
+    # ia_open ranks the corpus and the target's own photo together: K ids, the share from its photo recorded
+    (open_row,) = [r for r in rows if r["arm"] == "ia_open"]
+    own = [n for n in open_row["neighbour_ids"] if "-own-" in n]
+    assert len(open_row["neighbour_ids"]) == 2 and open_row["own_photo_share"] == len(own) / 2
+    assert all(n.startswith(open_row["image_id"].rsplit("-", 1)[0] + "-own-") for n in own)
     pairs = json.loads((out / "peers_comparisons.json").read_text())
     assert {("ddrm_adir", "ddrm", "psnr"), ("ddrm_adir", "ia_random", "gmsd"), ("ddrm_fid", "ddrm", "psnr"),
-            ("ia_oracle", "ddrm", "psnr")} <= {(p["arm"], p["vs"], p["metric"]) for p in pairs}
+            ("ia_oracle", "ddrm", "psnr"), ("ia_open", "ddrm_adir", "psnr")} <= {(p["arm"], p["vs"], p["metric"]) for p in pairs}
     assert adir(argv) == 0  # a rerun reuses every row as written
     assert pq.read_table(out / "peers_rows.parquet").to_pylist() == rows
 

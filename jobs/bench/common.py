@@ -11,7 +11,10 @@ Every restoration and its scores go through the job's own row stages
 ``oracle`` is K crops of the target's *own* photo at windows disjoint from the target's
 (``oracle_neighbours``): the best neighbours retrieval could ever find, so the gap
 between ``oracle`` and ``clip`` is what retrieval loses, and the gap between ``oracle`` and
-no adaptation is what adaptation on relevant images can buy at this scale.
+no adaptation is what adaptation on relevant images can buy at this scale. ``open`` is
+CLIP retrieval over the corpus with the target's own photo added to it as one more photo
+(``open_neighbours``: as many windows disjoint from the target as the corpus holds per
+training photo): whether retrieval finds relevant images when the corpus has them.
 
 Imports restore_core, index_builder, jobs.restore.row (the row stages) and jobs.build_index.
 """
@@ -42,7 +45,7 @@ PAIRED_METRICS = {"psnr": True, "ssim": True, "gmsd": False, "nlpd": False}
 @dataclass(frozen=True)
 class Arm:
     """One arm: ``method`` of the registry (or ``bicubic``), its neighbour source (None |
-    clip | random | mse | oracle) and ``key=value`` config overrides."""
+    clip | random | mse | oracle | open) and ``key=value`` config overrides."""
 
     name: str
     method: str
@@ -233,6 +236,27 @@ def oracle_neighbours(photo: str, box: tuple[int, int, int], k: int, size: int, 
     raise ConfigError(f"photo {photo!r} has no room for {k} windows disjoint from the target crop")
 
 
+def open_neighbours(setup: BenchSetup, i: int, k: int, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """The K CLIP-nearest images to y_i over the corpus plus windows of the target's own
+    photo disjoint from it (as many as the corpus has per training photo), nearest first,
+    with their ids (``<photo>-own-<j>`` for the added windows)."""
+    from index_builder.index import spherical_distance
+    from restore_core.bundled_photos import TRAIN_PHOTOS
+
+    query = setup.retriever.embedder.embed(setup.ys[i])
+    corpus = setup.retriever.search_vectors(query, k)[0]
+    n_own = max(k, round(setup.retriever.index.count / len(TRAIN_PHOTOS)))
+    own = oracle_neighbours(setup.sources[i], setup.boxes[i], n_own, size, seed)
+    own_distance = spherical_distance(np.linalg.norm(setup.retriever.embedder.embed(own) - query, axis=1))
+    ranked = sorted([(float(n["distance"]), 0, j) for j, n in enumerate(corpus)]
+                    + [(float(d), 1, j) for j, d in enumerate(own_distance)])[:k]
+    picked = [corpus[j] for _, src, j in ranked if src == 0]
+    fetched = iter(setup.retriever.fetch(picked, size=size)) if picked else iter(())  # in the order asked
+    images = torch.stack([next(fetched) if src == 0 else own[j] for _, src, j in ranked])
+    ids = [corpus[j]["image_id"] if src == 0 else f"{setup.sources[i]}-own-{j}" for _, src, j in ranked]
+    return images, ids
+
+
 def retrieve(setup: BenchSetup, i: int, mode: str, k: int, seed: int) -> tuple[list[dict], float]:
     """Neighbours of y_i (cached per image, mode, K and seed) and the seconds they took."""
     key = (i, mode, k, seed)
@@ -252,6 +276,11 @@ def _neighbours(setup: BenchSetup, arm: Arm, i: int, cfg, seed: int, record: dic
     if arm.neighbours == "oracle":
         images = oracle_neighbours(setup.sources[i], setup.boxes[i], cfg.k, size, seed)
         record["neighbour_ids"] = [f"{setup.sources[i]}-oracle-{j}" for j in range(cfg.k)]
+        record["seconds_retrieve"] = time.perf_counter() - t0
+        return images.to(setup.device)
+    if arm.neighbours == "open":
+        images, record["neighbour_ids"] = open_neighbours(setup, i, cfg.k, size, seed)
+        record["own_photo_share"] = sum("-own-" in n for n in record["neighbour_ids"]) / len(record["neighbour_ids"])
         record["seconds_retrieve"] = time.perf_counter() - t0
         return images.to(setup.device)
     found, seconds = retrieve(setup, i, arm.neighbours, cfg.k, seed)

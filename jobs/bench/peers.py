@@ -14,6 +14,9 @@ crops, degradation noise and seeds of ``bench ablation``) with every arm:
 ``ia_random``       … after adaptation on K random corpus images (Table 6)
 ``ia_oracle``       … after adaptation on K crops of the target's own photo, disjoint
                     from it (``common.oracle_neighbours``)
+``ia_open``         … after adaptation on the K CLIP neighbours over the corpus with the
+                    target's own photo added as one more photo (``common.open_neighbours``;
+                    ``own_photo_share``: how many of the K came from it)
 ``fidelity``        ``--preset fidelity`` as a user runs it (the default method, adir,
                     with the preset's sampler and samples)
 ==================  =======================================================================
@@ -23,7 +26,7 @@ arm; ``peers_run.json`` provenance): PSNR, SSIM, GMSD, NLPD (full-reference, no 
 LPIPS and MUSIQ with ``--metrics-weights``, data consistency ‖A x̂ − y‖/√m (0–255), seconds
 per image, and ``peers_comparisons.json``: the paired differences (mean ± standard error,
 wins) on PSNR and GMSD that the claims rest on — each ``<s>_adir`` against ``<s>`` and
-``ia_random``, ``ia_oracle`` against ``<s>``, each fidelity output and ``fidelity``
+``ia_random``, ``ia_oracle`` and ``ia_open`` against ``<s>``, each fidelity output and ``fidelity``
 against ``ddrm``, every arm against ``pinv``. A rerun into the same ``--output`` resumes
 like ``bench ablation``. Tune nothing on held-out crops: ``--split train`` is for tuning.
 
@@ -47,8 +50,8 @@ from jobs.bench.tables import print_table
 log = logging.getLogger("adir.bench.peers")
 
 SAMPLERS = ("alg1", "ddrm", "diffpir", "dps")
-ABLATION = ("ia_y", "ia_random", "ia_oracle")
-NEIGHBOURS_OF = {"ia_y": None, "ia_random": "random", "ia_oracle": "oracle"}
+ABLATION = ("ia_y", "ia_random", "ia_oracle", "ia_open")
+NEIGHBOURS_OF = {"ia_y": None, "ia_random": "random", "ia_oracle": "oracle", "ia_open": "open"}
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -56,7 +59,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated subset of {', '.join(SAMPLERS)}")
     p.add_argument("--fidelity-samples", type=int, default=4, help="posterior samples averaged in <s>_fid (default 4)")
     p.add_argument("--ablation-sampler", default="ddrm", choices=SAMPLERS,
-                   help="sampler of the ia_y / ia_random / ia_oracle arms (default ddrm)")
+                   help="sampler of the ia_y / ia_random / ia_oracle / ia_open arms (default ddrm)")
     p.add_argument("--arms", default=None, help="comma-separated subset of the arm names (default: all)")
     p.add_argument("--save-images", type=int, default=4, help="write restored PNGs for the first N crops")
     p.add_argument("--overwrite", action="store_true",
@@ -105,7 +108,8 @@ def comparisons(records: list[dict], arms: list[Arm], ablation_sampler: str) -> 
         if a.name.endswith("_adir"):
             s = a.name[:-5]
             pairs += [(a.name, s), (a.name, "ia_random")] if s == ablation_sampler else [(a.name, s)]
-    pairs += [("ia_oracle", ablation_sampler), (f"{ablation_sampler}_adir", "ia_oracle")]
+    pairs += [("ia_oracle", ablation_sampler), (f"{ablation_sampler}_adir", "ia_oracle"),
+              ("ia_open", ablation_sampler), ("ia_open", f"{ablation_sampler}_adir"), ("ia_open", "ia_oracle")]
     pairs += [(a.name, "ddrm") for a in arms if a.name.endswith("_fid") or a.name == "fidelity"]
     pairs += [(a.name, "pinv") for a in arms if a.name != "pinv"]
     out = []

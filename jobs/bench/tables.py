@@ -85,7 +85,9 @@ def write_tables(output: str, name: str, table: list[dict], rows: list[dict], ru
                                json.dumps(run, indent=1, default=str).encode())
     flat = [{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in t.items()} for t in table]
     pq.write_table(pa.Table.from_pylist(flat), os.path.join(output, f"{name}.parquet"))
-    pq.write_table(pa.Table.from_pylist(rows), os.path.join(output, f"{name}_rows.parquet"))
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # from_pylist would keep the first row's keys only
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows]),
+                   os.path.join(output, f"{name}_rows.parquet"))
 
 
 def run_info(args, setup, seconds: float, **extra) -> dict:
