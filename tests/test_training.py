@@ -73,6 +73,12 @@ def test_training_resumes_like_uninterrupted(tmp_path, which):
     for name, value in straight[key].items():
         assert torch.equal(value, resumed[key][name]), name
     meta = json.loads((tmp_path / "out_b" / "training.json").read_text())
+    if which == "prior_synthetic":  # a share outside [0, 1) is refused before any work
+        from restore_core.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="--synthetic"):
+            module.main(_args(module, PRIOR_ARGV + ["--synthetic", "1", "--run-dir", str(tmp_path / "c")]))
+        assert not (tmp_path / "c").exists()
     assert meta["steps"] == 4 and meta["seed"] == 0 and meta["command"]
     if which != "embedder":
         from restore_core.models.pixel_unet import load_diffusion_model

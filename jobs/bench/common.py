@@ -236,10 +236,12 @@ def oracle_neighbours(photo: str, box: tuple[int, int, int], k: int, size: int, 
     raise ConfigError(f"photo {photo!r} has no room for {k} windows disjoint from the target crop")
 
 
-def open_neighbours(setup: BenchSetup, i: int, k: int, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+def open_neighbours(setup: BenchSetup, i: int, k: int, size: int,
+                    seed: int) -> tuple[torch.Tensor, list[str], float]:
     """The K CLIP-nearest images to y_i over the corpus plus windows of the target's own
     photo disjoint from it (as many as the corpus has per training photo), nearest first,
-    with their ids (``<photo>-own-<j>`` for the added windows)."""
+    their ids (``<photo>-own-<j>`` for the added windows) and the share of the K that
+    came from the target's photo."""
     from index_builder.index import spherical_distance
     from restore_core.bundled_photos import TRAIN_PHOTOS
 
@@ -254,7 +256,7 @@ def open_neighbours(setup: BenchSetup, i: int, k: int, size: int, seed: int) -> 
     fetched = iter(setup.retriever.fetch(picked, size=size)) if picked else iter(())  # in the order asked
     images = torch.stack([next(fetched) if src == 0 else own[j] for _, src, j in ranked])
     ids = [corpus[j]["image_id"] if src == 0 else f"{setup.sources[i]}-own-{j}" for _, src, j in ranked]
-    return images, ids
+    return images, ids, sum(src for _, src, _ in ranked) / len(ranked)
 
 
 def retrieve(setup: BenchSetup, i: int, mode: str, k: int, seed: int) -> tuple[list[dict], float]:
@@ -279,8 +281,7 @@ def _neighbours(setup: BenchSetup, arm: Arm, i: int, cfg, seed: int, record: dic
         record["seconds_retrieve"] = time.perf_counter() - t0
         return images.to(setup.device)
     if arm.neighbours == "open":
-        images, record["neighbour_ids"] = open_neighbours(setup, i, cfg.k, size, seed)
-        record["own_photo_share"] = sum("-own-" in n for n in record["neighbour_ids"]) / len(record["neighbour_ids"])
+        images, record["neighbour_ids"], record["own_photo_share"] = open_neighbours(setup, i, cfg.k, size, seed)
         record["seconds_retrieve"] = time.perf_counter() - t0
         return images.to(setup.device)
     found, seconds = retrieve(setup, i, arm.neighbours, cfg.k, seed)
